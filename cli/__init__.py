@@ -1,0 +1,1 @@
+"""The `dtlens` command line: thin wrappers that parse, call dtlens, and print."""

@@ -1,0 +1,152 @@
+"""Backbones: a TransformerLens HookedTransformer built from a BackboneConfig.
+
+`random` follows HF GPT-2's initialisation; `gpt2` / `imagegpt` come from a local HF directory or
+the HF cache (never the network); embedded backbones and dtlens checkpoints come from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from dtlens.errors import DtlensError
+from dtlens.io import load_tensors, save_tensors
+from dtlens.model.config import BackboneConfig
+
+#: The paper's random init: GPT-2 layout, 12 layers, d=768, one head, ReLU.
+PAPER_RANDOM = BackboneConfig(
+    n_layers=12, d_model=768, n_heads=1, d_mlp=3072, act_fn="relu", normalization_type="LN"
+)
+#: The `mini` preset's size, shared by its random, language and image backbones.
+MINI = BackboneConfig(n_layers=3, d_model=128, n_heads=4, d_mlp=512)
+
+HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
+
+# Parameters of a HookedTransformer that a Decision Transformer never uses.
+UNUSED_BY_DT = ("embed.", "pos_embed.", "unembed.")
+
+
+def new_backbone(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformer:
+    """An uninitialised HookedTransformer (weights are torch.empty)."""
+    return HookedTransformer(cfg.to_tl(d_vocab=d_vocab, n_ctx=n_ctx), move_to_device=False)
+
+
+@torch.no_grad()
+def init_gpt2_(model: HookedTransformer, std: float = 0.02) -> HookedTransformer:
+    """HF GPT-2's initialisation: weights N(0, std), biases 0, norms 1, and the residual
+    projections (attention W_O, MLP W_out) N(0, std / sqrt(2 n_layers))."""
+    resid_std = std / math.sqrt(2 * model.cfg.n_layers)
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if ".ln" in name or name.startswith("ln_final"):
+            p.fill_(1.0 if leaf == "w" else 0.0)
+        elif leaf.startswith("b_"):
+            p.zero_()
+        elif leaf in ("W_O", "W_out"):
+            p.normal_(0.0, resid_std)
+        else:
+            p.normal_(0.0, std)
+    return model
+
+
+def random_backbone(cfg: BackboneConfig, seed: int = 0) -> HookedTransformer:
+    """A randomly initialised backbone (HF GPT-2 init), reproducible from `seed`."""
+    model = new_backbone(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init_gpt2_(model)
+    return model
+
+
+def save_backbone(model: HookedTransformer, path: str | os.PathLike, **meta: object) -> Path:
+    """A backbone as one safetensors file; its config and `meta` go in the JSON header."""
+    header = {
+        "kind": "backbone",
+        "backbone": BackboneConfig.from_tl(model.cfg).__dict__,
+        "d_vocab": model.cfg.d_vocab,
+        "n_ctx": model.cfg.n_ctx,
+        "meta": meta,
+    }
+    params = dict(model.named_parameters())
+    return save_tensors(params, path, metadata={"dtlens": json.dumps(header)})
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The dtlens JSON header of a safetensors file (backbone or DT checkpoint)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DtlensError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise DtlensError(f"{path}: not a safetensors file ({e})") from None
+    if "dtlens" not in meta:
+        raise DtlensError(f"{path}: safetensors file without a dtlens header")
+    return json.loads(meta["dtlens"])
+
+
+def load_backbone_file(path: str | os.PathLike) -> HookedTransformer:
+    """Load a backbone saved by `save_backbone`, or the backbone of a DT checkpoint."""
+    header = read_header(path)
+    tensors = load_tensors(path)
+    if header["kind"] == "dt":
+        from dtlens.model.checkpoint import load_model
+
+        return load_model(path).backbone
+    if header["kind"] != "backbone":
+        raise DtlensError(f"{path}: unknown dtlens checkpoint kind {header['kind']!r}")
+    cfg = BackboneConfig(**header["backbone"])
+    model = new_backbone(cfg, d_vocab=header["d_vocab"], n_ctx=header["n_ctx"])
+    load_params(model, tensors, source=str(path))
+    return model
+
+
+def load_params(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `tensors` into `module`'s parameters by name; names and shapes must match exactly."""
+    params = dict(module.named_parameters())
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise DtlensError(
+            f"{source}: parameters do not match the model (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            if p.shape != tensors[name].shape:
+                raise DtlensError(
+                    f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                    f"the model expects {tuple(p.shape)}"
+                )
+            p.copy_(tensors[name])
+
+
+def load_hf_pretrained(name_or_path: str):
+    """Load an HF model from a local directory or the HF cache, offline."""
+    from transformers import AutoConfig
+
+    ref = HF_NAMES.get(name_or_path, name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(ref, local_files_only=True)
+    except OSError:
+        raise DtlensError(
+            f"{name_or_path}: no local copy found. Download {ref!r} on a machine with network "
+            f"(huggingface-cli download {ref}) and pass its directory, or copy the HF cache into "
+            f"$HF_HOME ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
+        ) from None
+    from transformers import GPT2Model, ImageGPTModel
+
+    classes = {"gpt2": GPT2Model, "imagegpt": ImageGPTModel}
+    if config.model_type not in classes:
+        raise DtlensError(
+            f"{name_or_path}: unsupported architecture {config.model_type!r} "
+            f"(supported: {sorted(classes)})"
+        )
+    return classes[config.model_type].from_pretrained(ref, local_files_only=True)

@@ -1,0 +1,171 @@
+"""The Decision Transformer: (R, s, a) token embeddings around a HookedTransformer backbone.
+
+Every activation has a hook name: the embeddings (`hook_return_embed`, `hook_state_embed`,
+`hook_action_embed`, `hook_time_embed`), the interleaved token stream after the embedding norm
+(`hook_tokens`), the backbone's own names under `backbone.`, and the head (`hook_action_pred`).
+Dropout sits at GPT-2's places (attention pattern, attention and MLP outputs) as permanent hooks,
+so the TransformerLens blocks stay unmodified and eval mode is dropout-free.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule, HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from dtlens.errors import DtlensError
+from dtlens.model.backbones import UNUSED_BY_DT, random_backbone
+from dtlens.model.config import BackboneConfig, DTConfig
+
+TOKEN_TYPES = ("return", "state", "action")
+
+
+class DecisionTransformer(HookedRootModule):
+    """`dt(states, actions, returns_to_go, timesteps, attention_mask) -> action_preds (B, K, A)`."""
+
+    def __init__(self, cfg: DTConfig, backbone: HookedTransformer | None = None, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embed_return = nn.Linear(1, d)
+            self.embed_state = nn.Linear(cfg.state_dim, d)
+            self.embed_action = nn.Linear(cfg.act_dim, d)
+            self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)
+            self.embed_ln = nn.LayerNorm(d)
+            self.predict_action = nn.Linear(d, cfg.act_dim)
+        self.backbone = random_backbone(cfg.backbone, seed=seed)
+        if backbone is not None:
+            self.load_backbone(backbone)
+        self.embed_dropout = nn.Dropout(cfg.embed_dropout)
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+        self.attn_dropout = nn.Dropout(cfg.attn_dropout)
+
+        self.hook_return_embed = HookPoint()  # [batch, step, d_model]
+        self.hook_state_embed = HookPoint()  # [batch, step, d_model]
+        self.hook_action_embed = HookPoint()  # [batch, step, d_model]
+        self.hook_time_embed = HookPoint()  # [batch, step, d_model]
+        self.hook_tokens = HookPoint()  # [batch, 3 * step, d_model]
+        self.hook_action_pred = HookPoint()  # [batch, step, act_dim]
+        self.setup()
+        self._add_dropout_hooks()
+
+    # -- construction --------------------------------------------------------------------------
+    def load_backbone(self, backbone: HookedTransformer) -> None:
+        """Copy the blocks and final norm of `backbone` (same architecture) into this DT."""
+        found = BackboneConfig.from_tl(backbone.cfg)
+        if found != self.cfg.backbone:
+            raise DtlensError(
+                f"backbone does not match the DT config: {found} != {self.cfg.backbone}"
+            )
+        theirs = dict(backbone.named_parameters())
+        with torch.no_grad():
+            for name, p in self.backbone.named_parameters():
+                if not name.startswith(UNUSED_BY_DT):
+                    p.copy_(theirs[name])
+
+    def _add_dropout_hooks(self) -> None:
+        def drop(module: nn.Dropout):
+            return lambda x, hook: module(x)
+
+        for i in range(self.cfg.n_layers):
+            blk = f"backbone.blocks.{i}"
+            self.add_perma_hook(f"{blk}.attn.hook_pattern", drop(self.attn_dropout))
+            self.add_perma_hook(f"{blk}.hook_attn_out", drop(self.resid_dropout))
+            self.add_perma_hook(f"{blk}.hook_mlp_out", drop(self.resid_dropout))
+
+    # -- forward -------------------------------------------------------------------------------
+    def embed(
+        self,
+        states: Float[Tensor, "batch step state_dim"],
+        actions: Float[Tensor, "batch step act_dim"],
+        returns_to_go: Float[Tensor, "batch step 1"],
+        timesteps: Int[Tensor, "batch step"],
+    ) -> Float[Tensor, "batch 3*step d_model"]:
+        """Interleave (R_t, s_t, a_t) token embeddings, each plus its timestep embedding."""
+        B, K, _ = states.shape
+        if timesteps.max() >= self.cfg.max_ep_len or timesteps.min() < 0:
+            raise DtlensError(f"timesteps must lie in [0, {self.cfg.max_ep_len})")
+        time = self.hook_time_embed(self.embed_timestep(timesteps))
+        r = self.hook_return_embed(self.embed_return(returns_to_go)) + time
+        s = self.hook_state_embed(self.embed_state(states)) + time
+        a = self.hook_action_embed(self.embed_action(actions)) + time
+        tokens = torch.stack((r, s, a), dim=2).reshape(B, 3 * K, self.cfg.d_model)
+        return self.hook_tokens(self.embed_ln(tokens))
+
+    def forward(
+        self,
+        states: Float[Tensor, "batch step state_dim"],
+        actions: Float[Tensor, "batch step act_dim"],
+        returns_to_go: Float[Tensor, "batch step 1"],
+        timesteps: Int[Tensor, "batch step"],
+        attention_mask: Int[Tensor, "batch step"] | None = None,
+    ) -> Float[Tensor, "batch step act_dim"]:
+        hidden = self.hidden_states(states, actions, returns_to_go, timesteps, attention_mask)
+        pred = self.predict_action(hidden[:, 1::3])  # read out at each state token
+        if self.cfg.action_tanh:
+            pred = torch.tanh(pred)
+        return self.hook_action_pred(pred)
+
+    def hidden_states(
+        self,
+        states: Float[Tensor, "batch step state_dim"],
+        actions: Float[Tensor, "batch step act_dim"],
+        returns_to_go: Float[Tensor, "batch step 1"],
+        timesteps: Int[Tensor, "batch step"],
+        attention_mask: Int[Tensor, "batch step"] | None = None,
+    ) -> Float[Tensor, "batch 3*step d_model"]:
+        """The backbone's output after its final norm, one row per token."""
+        self._check_shapes(states, actions, returns_to_go, timesteps, attention_mask)
+        x = self.embed_dropout(self.embed(states, actions, returns_to_go, timesteps))
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.to(torch.long).repeat_interleave(3, dim=1)
+        x = self.backbone(x, start_at_layer=0, stop_at_layer=self.cfg.n_layers, attention_mask=mask)
+        return self.backbone.ln_final(x)
+
+    def _check_shapes(self, states, actions, returns_to_go, timesteps, attention_mask) -> None:
+        B, K = states.shape[:2]
+        want = {
+            "states": (states, (B, K, self.cfg.state_dim)),
+            "actions": (actions, (B, K, self.cfg.act_dim)),
+            "returns_to_go": (returns_to_go, (B, K, 1)),
+            "timesteps": (timesteps, (B, K)),
+        }
+        if attention_mask is not None:
+            want["attention_mask"] = (attention_mask, (B, K))
+        for name, (t, shape) in want.items():
+            if tuple(t.shape) != shape:
+                raise DtlensError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
+
+    # -- conveniences --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.predict_action.weight.device
+
+    def hook_names(self) -> list[str]:
+        """The hook points a forward pass reaches (TransformerLens also defines hooks for the
+        token embedding and unembedding, which a DT does not use, and optional ones)."""
+        fired: list[str] = []
+
+        def record(x, hook):
+            fired.append(hook.name)
+
+        with torch.no_grad():
+            self.run_with_hooks(
+                torch.zeros(1, 1, self.cfg.state_dim, device=self.device),
+                torch.zeros(1, 1, self.cfg.act_dim, device=self.device),
+                torch.zeros(1, 1, 1, device=self.device),
+                torch.zeros(1, 1, dtype=torch.long, device=self.device),
+                fwd_hooks=[(lambda name: True, record)],
+            )
+        return fired
+
+    @classmethod
+    def from_hf(cls, hf_dt: nn.Module) -> DecisionTransformer:
+        from dtlens.model.convert import dt_from_hf
+
+        return dt_from_hf(hf_dt)

@@ -1,0 +1,57 @@
+"""A readable description of a backbone or DT: sizes, parameter count, norm, hook names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from transformer_lens import HookedTransformer
+
+from dtlens.model.backbones import UNUSED_BY_DT, read_header
+from dtlens.model.config import BackboneConfig, DTConfig
+from dtlens.model.dt import DecisionTransformer
+
+
+def hook_patterns(names: list[str]) -> list[str]:
+    """Collapse per-block hook names into one line each: blocks.0.x, blocks.1.x -> blocks.{i}.x."""
+    seen: dict[str, None] = {}
+    for n in names:
+        seen[re.sub(r"blocks\.\d+\.", "blocks.{i}.", n)] = None
+    return list(seen)
+
+
+def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], list[str]]:
+    path = Path(name)
+    if path.suffix == ".safetensors" and read_header(path).get("kind") == "dt":
+        from dtlens.model.checkpoint import load_model
+
+        dt = load_model(path)
+        rows = _backbone_rows(dt.backbone) | {
+            "kind": "Decision Transformer",
+            "state_dim": dt.cfg.state_dim,
+            "act_dim": dt.cfg.act_dim,
+            "max_ep_len": dt.cfg.max_ep_len,
+            "parameters (whole DT)": sum(p.numel() for p in dt.parameters()),
+        }
+        return rows, hook_patterns(dt.hook_names())
+    from dtlens.model.inits import resolve_backbone
+
+    backbone = resolve_backbone(name, imagegpt_norm=imagegpt_norm)
+    cfg = BackboneConfig.from_tl(backbone.cfg)
+    names = DecisionTransformer(DTConfig(state_dim=1, act_dim=1, backbone=cfg)).hook_names()
+    return _backbone_rows(backbone) | {"kind": "backbone"}, hook_patterns(names)
+
+
+def _backbone_rows(backbone: HookedTransformer) -> dict[str, object]:
+    cfg = BackboneConfig.from_tl(backbone.cfg)
+    used = sum(p.numel() for n, p in backbone.named_parameters() if not n.startswith(UNUSED_BY_DT))
+    return {
+        "layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "heads": cfg.n_heads,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "norm": {"LN": "LayerNorm", "RMS": "RMS norm (no mean, no bias)"}[cfg.normalization_type],
+        "activation": cfg.act_fn,
+        "parameters (blocks + final norm)": used,
+    }

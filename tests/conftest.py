@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models and inputs, built by the tests themselves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtlens import DecisionTransformer, DTConfig
+from dtlens.model import BackboneConfig
+
+TINY = BackboneConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32)
+
+
+@pytest.fixture
+def tiny_cfg() -> DTConfig:
+    return DTConfig(state_dim=5, act_dim=2, backbone=TINY, max_ep_len=50)
+
+
+@pytest.fixture
+def tiny_dt(tiny_cfg) -> DecisionTransformer:
+    return DecisionTransformer(tiny_cfg, seed=1).eval()
+
+
+def dt_inputs(cfg: DTConfig, batch: int = 3, steps: int = 4, pad: int = 0, seed: int = 0):
+    """Random DT inputs; the first `pad` steps of every row after the first are padding."""
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(batch, steps, cfg.state_dim, generator=g)
+    actions = torch.rand(batch, steps, cfg.act_dim, generator=g) * 2 - 1
+    rtg = torch.randn(batch, steps, 1, generator=g)
+    timesteps = torch.randint(0, cfg.max_ep_len, (batch, steps), generator=g)
+    mask = torch.ones(batch, steps, dtype=torch.long)
+    mask[1:, :pad] = 0
+    return states, actions, rtg, timesteps, mask
+
+
+@torch.no_grad()
+def perturb_(module: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter away from its default init (norm weights != 1, biases != 0)."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_(torch.randn(p.shape, generator=g) * scale * (p.std() if p.numel() > 1 else 1.0))
+        if p.ndim == 1:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return module

@@ -1,0 +1,177 @@
+"""The Decision Transformer: shapes, hooks, dropout, init, checkpoints, the `model` CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from dtlens import DecisionTransformer
+from dtlens.errors import DtlensError
+from dtlens.model import BackboneConfig
+from dtlens.model.activations import quick_gelu
+from dtlens.model.backbones import random_backbone, save_backbone
+from dtlens.model.checkpoint import load_model, save_model
+from tests.conftest import TINY, dt_inputs
+
+runner = CliRunner()
+
+
+def test_forward_shape_and_padding_invariance(tiny_dt):
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg, batch=3, steps=4, pad=2)
+    out = tiny_dt(s, a, r, t, m)
+    assert out.shape == (3, 4, 2) and out.abs().max() <= 1
+    # Changing what sits under the padding does not change predictions at real steps.
+    s2 = s.clone()
+    s2[1:, :2] += 100.0
+    out2 = tiny_dt(s2, a, r, t, m)
+    torch.testing.assert_close(out[m.bool()], out2[m.bool()])
+
+
+def test_causal_prediction_ignores_future(tiny_dt):
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg, batch=2, steps=4)
+    out = tiny_dt(s, a, r, t, m)
+    a2 = a.clone()
+    a2[:, 2:] = 0.3  # the action at step 2 is not visible to the prediction at step 2
+    torch.testing.assert_close(tiny_dt(s, a2, r, t, m)[:, :3], out[:, :3])
+
+
+def test_attention_patterns_are_causal_distributions_over_unpadded_keys(tiny_dt):
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg, batch=3, steps=4, pad=2)
+    _, cache = tiny_dt.run_with_cache(s, a, r, t, m)
+    keys = m.repeat_interleave(3, dim=1).bool()  # (B, 3K)
+    for i in range(tiny_dt.cfg.n_layers):
+        p = cache[f"backbone.blocks.{i}.attn.hook_pattern"]  # (B, H, Q, K)
+        assert p.shape == (3, TINY.n_heads, 12, 12)
+        assert torch.all(p.triu(diagonal=1) == 0), "attends to the future"
+        assert torch.all(p[~keys[:, None, None, :].expand_as(p)] == 0), "attends to padding"
+        rows = p.sum(-1)  # (B, H, Q)
+        valid_q = keys[:, None, :].expand_as(rows)
+        torch.testing.assert_close(rows[valid_q], torch.ones_like(rows[valid_q]))
+
+
+def test_hook_names_and_backward_hook_on_state_embed(tiny_dt):
+    names = tiny_dt.hook_names()
+    for n in (
+        "hook_return_embed",
+        "hook_state_embed",
+        "hook_action_embed",
+        "hook_time_embed",
+        "hook_tokens",
+        "backbone.blocks.1.hook_resid_post",
+        "backbone.blocks.0.attn.hook_pattern",
+    ):
+        assert n in names
+    grads = []
+    tiny_dt.add_hook("hook_state_embed", lambda g, hook: grads.append(g), dir="bwd")
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg)
+    tiny_dt(s, a, r, t, m).pow(2).sum().backward()
+    tiny_dt.reset_hooks()
+    assert len(grads) == 1 and grads[0].shape == (3, 4, 16) and grads[0].abs().sum() > 0
+
+
+def test_run_with_hooks_can_patch_activations(tiny_dt):
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg)
+    clean = tiny_dt(s, a, r, t, m)
+    zeroed = tiny_dt.run_with_hooks(
+        s, a, r, t, m, fwd_hooks=[("backbone.blocks.1.hook_mlp_out", lambda x, hook: x * 0)]
+    )
+    assert not torch.allclose(clean, zeroed)
+    torch.testing.assert_close(tiny_dt(s, a, r, t, m), clean)  # hooks removed afterwards
+
+
+def test_dropout_only_in_train_mode(tiny_cfg):
+    dt = DecisionTransformer(tiny_cfg.replace(resid_dropout=0.5, attn_dropout=0.5), seed=0)
+    s, a, r, t, m = dt_inputs(dt.cfg)
+    dt.eval()
+    torch.testing.assert_close(dt(s, a, r, t, m), dt(s, a, r, t, m))
+    dt.train()
+    assert not torch.allclose(dt(s, a, r, t, m), dt(s, a, r, t, m))
+    _, cache = dt.eval().run_with_cache(s, a, r, t, m)  # permanent hooks survive caching
+    assert len(dt.backbone.blocks[0].attn.hook_pattern.fwd_hooks) == 1
+
+
+def test_random_init_follows_hf_gpt2():
+    cfg = BackboneConfig(n_layers=4, d_model=64, n_heads=2, d_mlp=256)
+    bb = random_backbone(cfg, seed=0)
+    assert abs(bb.blocks[0].attn.W_Q.std().item() - 0.02) < 0.002
+    assert abs(bb.blocks[0].mlp.W_out.std().item() - 0.02 / math.sqrt(8)) < 0.001
+    assert torch.all(bb.blocks[0].ln1.w == 1) and torch.all(bb.blocks[0].attn.b_Q == 0)
+    torch.testing.assert_close(
+        random_backbone(cfg, seed=0).blocks[2].attn.W_V, bb.blocks[2].attn.W_V
+    )
+
+
+def test_quick_gelu_matches_hf():
+    from transformers.activations import ACT2FN
+
+    x = torch.linspace(-5, 5, 101)
+    torch.testing.assert_close(quick_gelu(x), ACT2FN["quick_gelu"](x))
+
+
+def test_checkpoint_round_trip_and_mismatch(tiny_dt, tmp_path):
+    path = save_model(tiny_dt, tmp_path / "ckpt.safetensors", epoch=3)
+    loaded = load_model(path).eval()
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg)
+    torch.testing.assert_close(loaded(s, a, r, t, m), tiny_dt(s, a, r, t, m))
+    other = tiny_dt.cfg.replace(
+        state_dim=7, backbone=BackboneConfig(n_layers=3, d_model=16, n_heads=2, d_mlp=32)
+    )
+    with pytest.raises(DtlensError, match=r"state_dim: 7 != 5.*backbone.n_layers: 3 != 2"):
+        load_model(path, expected=other)
+
+
+def test_dt_with_pretrained_backbone_copies_blocks(tiny_cfg):
+    donor = random_backbone(TINY, seed=42)
+    dt = DecisionTransformer(tiny_cfg, backbone=donor)
+    torch.testing.assert_close(dt.backbone.blocks[1].mlp.W_in, donor.blocks[1].mlp.W_in)
+    with pytest.raises(DtlensError, match="does not match"):
+        DecisionTransformer(
+            tiny_cfg,
+            backbone=random_backbone(BackboneConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32)),
+        )
+
+
+def test_bad_shapes_are_clear(tiny_dt):
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg)
+    with pytest.raises(DtlensError, match="states has shape"):
+        tiny_dt(s[..., :3], a, r, t, m)
+    with pytest.raises(DtlensError, match="timesteps must lie"):
+        tiny_dt(s, a, r, t + 1000, m)
+
+
+def test_cli_model_info(tmp_path, tiny_dt):
+    res = runner.invoke(app, ["model", "info", "random"])
+    assert res.exit_code == 0, res.output
+    assert "d_model" in res.output and "backbone.blocks.{i}.attn.hook_pattern" in res.output
+    ckpt = save_model(tiny_dt, tmp_path / "dt.safetensors")
+    res = runner.invoke(app, ["model", "info", str(ckpt)])
+    assert res.exit_code == 0 and "Decision Transformer" in res.output
+    bb = save_backbone(random_backbone(TINY), tmp_path / "bb.safetensors")
+    res = runner.invoke(app, ["model", "info", str(bb), "--no-hooks"])
+    assert res.exit_code == 0 and "595072" not in res.output
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("nowhere-model", "unknown init"),
+        ("gpt2", "no local copy found"),
+        ("missing.safetensors", "file not found"),
+    ],
+)
+def test_cli_model_info_bad_input(arg, message, tmp_path):
+    res = runner.invoke(app, ["model", "info", arg])
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_cli_model_info_config_not_a_model(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not safetensors")
+    res = runner.invoke(app, ["model", "info", str(bad)])
+    assert res.exit_code == 1 and "not a safetensors file" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -42,3 +42,31 @@ def perturb_(module: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> torc
         if p.ndim == 1:
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
     return module
+
+
+@pytest.fixture(scope="session")
+def hopper_file(tmp_path_factory):
+    """A small random-policy Hopper-v5 dataset in D4RL layout."""
+    from dtlens.data.collect import collect_to_file
+
+    path = tmp_path_factory.mktemp("data") / "hopper-random.hdf5"
+    return collect_to_file(path, "Hopper-v5", "random", transitions=2000, seed=0)
+
+
+def tiny_train_config(dataset, **changes):
+    """A TrainConfig that runs in about a second: tiny backbone, few steps, short rollouts."""
+    from dtlens.train.config import TrainConfig
+
+    base = dict(
+        dataset=str(dataset),
+        size=TINY,
+        epochs=2,
+        steps_per_epoch=3,
+        batch_size=4,
+        context_len=4,
+        warmup_steps=2,
+        eval_episodes=1,
+        eval_max_steps=10,
+        probe_size=6,
+    )
+    return TrainConfig(**(base | changes))

@@ -1,0 +1,1 @@
+"""Fine-tuning Decision Transformers: run folders, the training loop, evaluation rollouts."""

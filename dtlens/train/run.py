@@ -1,0 +1,90 @@
+"""A run folder: everything a fine-tuning run leaves on disk, and how to read it back.
+
+```
+RUN/config.json                       everything needed to rebuild the run (RunConfig)
+RUN/checkpoints/epoch-NNNN.safetensors  epoch 0 = before any update
+RUN/state.safetensors                 optimiser and RNG state of the last epoch (for --resume)
+RUN/probe.safetensors                 the fixed probe batch every diagnostic uses
+RUN/metrics.nc                        per-step and per-epoch metrics
+RUN/captures/  RUN/diagnostics/  RUN/figures/
+```
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+from dtlens.errors import DtlensError
+from dtlens.io import load_json
+from dtlens.model.checkpoint import load_model
+from dtlens.model.config import DTConfig
+from dtlens.model.dt import DecisionTransformer
+
+CHECKPOINT = re.compile(r"epoch-(\d{4,})\.safetensors$")
+
+
+class Run:
+    """Read access to a run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise DtlensError(f"{self.path}: not a dtlens run (no config.json)")
+
+    @cached_property
+    def config(self) -> dict:
+        return load_json(self.path / "config.json")
+
+    @property
+    def dt_config(self) -> DTConfig:
+        return DTConfig.from_dict(self.config["model"])
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.path / "checkpoints" / f"epoch-{epoch:04d}.safetensors"
+
+    def epochs(self) -> list[int]:
+        """Epochs that have a checkpoint, ascending."""
+        found = (CHECKPOINT.search(p.name) for p in (self.path / "checkpoints").glob("*"))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def last_epoch(self) -> int:
+        epochs = self.epochs()
+        if not epochs:
+            raise DtlensError(f"{self.path}: no checkpoints")
+        return epochs[-1]
+
+    def resolve_epochs(self, epochs: list[int] | None) -> list[int]:
+        """Check that every requested epoch has a checkpoint (-1 means the last one)."""
+        have = self.epochs()
+        if epochs is None:
+            return have
+        resolved = [self.last_epoch() if e == -1 else e for e in epochs]
+        missing = [e for e in resolved if e not in have]
+        if missing:
+            raise DtlensError(
+                f"{self.path}: no checkpoint for epoch(s) {missing}; available: {have}"
+            )
+        return resolved
+
+    def load_model(self, epoch: int) -> DecisionTransformer:
+        self.resolve_epochs([epoch])
+        return load_model(self.checkpoint_path(epoch), expected=self.dt_config).eval()
+
+    def probe_batch(self):
+        from dtlens.data.windows import load_batch
+
+        path = self.path / "probe.safetensors"
+        if not path.is_file():
+            raise DtlensError(f"{self.path}: no probe batch (probe.safetensors)")
+        return load_batch(path)
+
+    def subdir(self, name: str) -> Path:
+        d = self.path / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d

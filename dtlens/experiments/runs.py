@@ -1,0 +1,120 @@
+"""Run specs and their execution: in this process, or as tasks on dask.distributed.
+
+A finished run (its last epoch checkpointed) is skipped; an interrupted one is resumed. A run that
+fails is reported with its error and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtlens.errors import DtlensError
+from dtlens.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    cfg: TrainConfig
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    name: str
+    path: str
+    status: str  # "done" (already finished), "trained", "failed"
+    seconds: float = 0.0
+    error: str = ""
+
+
+def run_status(path: Path, cfg: TrainConfig) -> str:
+    """'done' if the run's last epoch is checkpointed, 'partial' if it was started, else 'new'.
+    A folder holding a run of another config is an error, never reused."""
+    if not (path / "config.json").is_file():
+        return "new"
+    from dtlens.train.run import Run
+
+    run = Run(path)
+    saved = TrainConfig.from_dict(run.config["train"])
+    if saved.replace(epochs=cfg.epochs) != cfg:
+        diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        raise DtlensError(f"{path}: holds a run of another config (differs in {diff})")
+    epochs = run.epochs()
+    state = path / "state.safetensors"
+    return "done" if epochs and epochs[-1] >= cfg.epochs and state.is_file() else "partial"
+
+
+def execute_one(spec: RunSpec, root: str, threads: int = 0) -> RunOutcome:
+    """Train one run (resuming a partial one). Runs inside a dask worker or this process."""
+    import torch
+
+    from dtlens.train.loop import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = Path(root) / spec.name
+    t0 = time.perf_counter()
+    try:
+        status = run_status(path, spec.cfg)
+        if status == "done":
+            return RunOutcome(spec.name, str(path), "done")
+        train(spec.cfg, path, resume=status == "partial", progress=False)
+    except Exception as e:  # reported per run; the other runs go on
+        detail = str(e) if isinstance(e, DtlensError) else traceback.format_exc(limit=3)
+        return RunOutcome(spec.name, str(path), "failed", time.perf_counter() - t0, detail)
+    return RunOutcome(spec.name, str(path), "trained", time.perf_counter() - t0)
+
+
+def execute(
+    specs: Iterable[RunSpec],
+    root: str | Path,
+    workers: int = 1,
+    scheduler: str | None = None,
+    on_done=None,
+) -> list[RunOutcome]:
+    """Run every spec. `workers` > 1 starts a dask LocalCluster of that many single-threaded
+    processes; `scheduler` connects to an existing cluster instead (its workers must see the
+    data paths and `root`). `on_done(outcome)` is called as each run finishes."""
+    specs = list(specs)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise DtlensError(f"duplicate run names: {names}")
+    root = str(Path(root).resolve())
+    if scheduler is None and workers <= 1:
+        outcomes = []
+        for spec in specs:
+            outcomes.append(execute_one(spec, root))
+            if on_done:
+                on_done(outcomes[-1])
+        return outcomes
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    try:
+        with Client(scheduler or cluster) as client:
+            futures = {
+                client.submit(execute_one, s, root, 1, key=f"run-{s.name}", pure=False): s
+                for s in specs
+            }
+            done: dict[str, RunOutcome] = {}
+            for fut in as_completed(futures):
+                spec = futures[fut]
+                try:
+                    outcome = fut.result()
+                except Exception as e:  # the worker itself died
+                    outcome = RunOutcome(spec.name, f"{root}/{spec.name}", "failed", error=repr(e))
+                done[spec.name] = outcome
+                if on_done:
+                    on_done(outcome)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return [done[n] for n in names]

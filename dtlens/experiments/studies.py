@@ -1,0 +1,124 @@
+"""The paper's training studies: no context (analysis 5) and block replacement (analysis 6).
+
+Each builds its run specs, executes them (finished runs are reused), compares the curves and
+writes `diagnostics/*.nc` and `figures/*.png` under the study folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+
+from dtlens.diagnostics.blocks import compare_blocks
+from dtlens.diagnostics.context import compare_context
+from dtlens.errors import DtlensError
+from dtlens.experiments.runs import RunOutcome, RunSpec, execute
+from dtlens.io import save_netcdf
+from dtlens.model.config import BackboneConfig
+from dtlens.model.inits import resolve_backbone
+from dtlens.report.learning import plot_blocks, plot_context
+from dtlens.train.config import TrainConfig
+from dtlens.train.run import Run
+
+
+def no_context_specs(base: TrainConfig, inits: list[str], contexts=(1, 20)) -> dict:
+    """{(init, K): RunSpec} for every init at every context length."""
+    if not inits:
+        raise DtlensError("no inits given")
+    return {
+        (init, k): RunSpec(f"{init}-K{k}", base.replace(init=init, context_len=k))
+        for init in inits
+        for k in contexts
+    }
+
+
+def check_donor(donor: str, size: BackboneConfig, imagegpt_norm: str = "rms") -> None:
+    """Fail before any run if the donor's blocks cannot go into a random DT of `size`."""
+    theirs = BackboneConfig.from_tl(resolve_backbone(donor, imagegpt_norm=imagegpt_norm).cfg)
+    fields = ("d_model", "n_heads", "d_mlp", "act_fn", "normalization_type")
+    diff = [
+        f"{f} {getattr(theirs, f)} != {getattr(size, f)}"
+        for f in fields
+        if getattr(theirs, f) != getattr(size, f)
+    ]
+    if diff:
+        raise DtlensError(f"donor {donor} does not fit the random model: {', '.join(diff)}")
+    if theirs.n_layers < size.n_layers:
+        raise DtlensError(f"donor {donor} has {theirs.n_layers} blocks, the model {size.n_layers}")
+
+
+def block_swap_specs(
+    base: TrainConfig, donor: str, blocks: list[int] | None = None, context: int = 1
+) -> dict[str, RunSpec]:
+    """{label: RunSpec}: all-random, one run per donated block, and all-donor; all at `context`."""
+    n = base.size.n_layers
+    blocks = list(range(n)) if blocks is None else blocks
+    if not blocks:
+        raise DtlensError("empty block list")
+    bad = [b for b in blocks if not 0 <= b < n]
+    if bad:
+        raise DtlensError(f"blocks {bad} out of range: the model has {n} blocks (0..{n - 1})")
+    cfg = base.replace(context_len=context)
+    specs = {"random": RunSpec(f"random-K{context}", cfg.replace(init="random"))}
+    for b in blocks:
+        specs[f"block {b}"] = RunSpec(
+            f"random-K{context}-block{b}-{_slug(donor)}",
+            cfg.replace(init="random", replace_block=b, donor=donor),
+        )
+    specs["donor"] = RunSpec(f"{_slug(donor)}-K{context}", cfg.replace(init=donor))
+    return specs
+
+
+def _slug(init: str) -> str:
+    return Path(init).stem.replace(" ", "_")
+
+
+def _finished(specs: dict, outcomes: list[RunOutcome]) -> dict:
+    """Keys of `specs` whose run finished, mapped to their Run."""
+    ok = {o.name: o for o in outcomes if o.status != "failed"}
+    return {k: Run(ok[s.name].path) for k, s in specs.items() if s.name in ok}
+
+
+def run_no_context(
+    base: TrainConfig,
+    inits: list[str],
+    out: str | Path,
+    contexts=(1, 20),
+    workers: int = 1,
+    scheduler: str | None = None,
+    on_done=None,
+) -> tuple[xr.Dataset, list[RunOutcome]]:
+    out = Path(out)
+    specs = no_context_specs(base, inits, contexts)
+    outcomes = execute(specs.values(), out / "runs", workers, scheduler, on_done)
+    runs = _finished(specs, outcomes)
+    if not runs:
+        raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
+    ds = compare_context(runs)
+    save_netcdf(ds, out / "diagnostics" / "no_context.nc")
+    plot_context(ds, out / "figures" / "no_context.png")
+    return ds, outcomes
+
+
+def run_block_swap(
+    base: TrainConfig,
+    donor: str,
+    out: str | Path,
+    blocks: list[int] | None = None,
+    context: int = 1,
+    workers: int = 1,
+    scheduler: str | None = None,
+    on_done=None,
+) -> tuple[xr.Dataset, list[RunOutcome]]:
+    out = Path(out)
+    check_donor(donor, base.size, base.imagegpt_norm)
+    specs = block_swap_specs(base, donor, blocks, context)
+    outcomes = execute(specs.values(), out / "runs", workers, scheduler, on_done)
+    runs = _finished(specs, outcomes)
+    if not runs:
+        raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
+    ds = compare_blocks(runs)
+    save_netcdf(ds, out / "diagnostics" / "block_swap.nc")
+    plot_blocks(ds, out / "figures" / "block_swap.png")
+    return ds, outcomes

@@ -25,6 +25,7 @@ def train_cmd(
     dataset: str = typer.Option(
         "mini/hopper-medium", help="Embedded id, D4RL .hdf5, or Minari id."
     ),
+    env_id: str = typer.Option(None, help="Gymnasium env for evaluation (default: the dataset's)."),
     context: int = typer.Option(20, "--context", help="K timesteps per window (1 = no context)."),
     replace_block: int = typer.Option(None, help="Random-init DT with this block from --donor."),
     donor: str = typer.Option(None, help="Init that donates the block (with --replace-block)."),
@@ -58,6 +59,7 @@ def train_cmd(
     cfg = TrainConfig(
         init=init,
         dataset=dataset,
+        env_id=env_id,
         context_len=context,
         replace_block=replace_block,
         donor=donor,

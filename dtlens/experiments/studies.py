@@ -27,7 +27,7 @@ def no_context_specs(base: TrainConfig, inits: list[str], contexts=(1, 20)) -> d
     if not inits:
         raise DtlensError("no inits given")
     return {
-        (init, k): RunSpec(f"{init}-K{k}", base.replace(init=init, context_len=k))
+        (init, k): spec_for(base.replace(init=init, context_len=k))
         for init in inits
         for k in contexts
     }
@@ -60,14 +60,24 @@ def block_swap_specs(
     if bad:
         raise DtlensError(f"blocks {bad} out of range: the model has {n} blocks (0..{n - 1})")
     cfg = base.replace(context_len=context)
-    specs = {"random": RunSpec(f"random-K{context}", cfg.replace(init="random"))}
+    specs = {"random": spec_for(cfg.replace(init="random"))}
     for b in blocks:
-        specs[f"block {b}"] = RunSpec(
-            f"random-K{context}-block{b}-{_slug(donor)}",
-            cfg.replace(init="random", replace_block=b, donor=donor),
-        )
-    specs["donor"] = RunSpec(f"{_slug(donor)}-K{context}", cfg.replace(init=donor))
+        specs[f"block {b}"] = spec_for(cfg.replace(init="random", replace_block=b, donor=donor))
+    specs["donor"] = spec_for(cfg.replace(init=donor))
     return specs
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A folder name from what distinguishes runs of a study: init, K, epochs, seed, swap.
+    Runs of equal configs get equal names, so studies share them."""
+    name = f"{_slug(cfg.init)}-K{cfg.context_len}-e{cfg.epochs}-s{cfg.seed}"
+    if cfg.replace_block is not None:
+        name += f"-block{cfg.replace_block}-{_slug(cfg.donor)}"
+    return name if cfg.grad_clip is not None else name + "-noclip"
+
+
+def spec_for(cfg: TrainConfig) -> RunSpec:
+    return RunSpec(run_name(cfg), cfg)
 
 
 def _slug(init: str) -> str:

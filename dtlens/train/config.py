@@ -18,6 +18,7 @@ class TrainConfig:
 
     init: str = "random"
     dataset: str = "mini/hopper-medium"
+    env_id: str | None = None  # None: the dataset's own (D4RL files name none: pass it)
     context_len: int = 20
     batch_size: int = 64
     lr: float = 1e-4

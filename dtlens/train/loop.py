@@ -83,11 +83,11 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Run:
     """Fine-tune a DT as `cfg` says and write the run folder `out`."""
     out = Path(out)
-    dataset = load_dataset(cfg.dataset)
+    dataset = load_dataset(cfg.dataset, env_id=cfg.env_id)
     env_id = dataset.env_id
     if env_id is None:
-        raise DtlensError(f"{cfg.dataset}: the dataset does not name its environment")
-    if cfg.eval_episodes > 0:
+        raise DtlensError(f"{cfg.dataset}: the dataset does not name its environment (pass env_id)")
+    if cfg.eval_episodes > 0 and cfg.env_id is None:
         dataset.check_env(env_id)
     start_epoch = _prepare_folder(cfg, out, dataset, resume)
     run = Run(out)

@@ -1,0 +1,109 @@
+"""Presets of the reproduction: `mini` (offline, CPU, minutes) and `paper` (PAPER.md, a GPU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dtlens.errors import DtlensError
+from dtlens.model.backbones import MINI
+from dtlens.model.config import BackboneConfig
+from dtlens.train.config import TrainConfig
+
+GPT2_SIZE = BackboneConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, act_fn="gelu_new")
+PAPER_ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Which runs and diagnostics a reproduction makes, per dataset."""
+
+    name: str
+    datasets: dict[str, str]  # label -> dataset id or path
+    env_ids: dict[str, str | None]  # label -> gymnasium env for evaluation (None: the dataset's)
+    random: str  # the random init of the K=20 comparison
+    language: str  # the language-pretrained init (no-context, block-swap donor)
+    image: str  # the image-pretrained init
+    train: TrainConfig  # shared fine-tuning settings (K=20 runs)
+    seeds: tuple[int, ...] = (666,)
+    block_swap_epochs: dict[str, int] = field(default_factory=dict)  # label -> epochs (K=1)
+    block_swap_size: BackboneConfig = MINI  # the random model that receives a donor block
+    attention_epochs: tuple[int, ...] = (0, 1, 4, 10, 40)
+    gradient_epoch: int = 1
+    mi_blocks: tuple[int, ...] | None = None  # None: first, middle, last
+    mi_seeds: int = 3
+    probe_size: int = 100
+
+    @property
+    def inits(self) -> tuple[str, str, str]:
+        return (self.random, self.language, self.image)
+
+
+def mini() -> Preset:
+    """The embedded default: a Hopper-v5 dataset made by project code, 3-block d=128 backbones
+    (random, language-pretrained `text`, image-pretrained `image`), a short fine-tuning budget.
+    The learning rate is 10x the paper's (1e-3) with a short warm-up, since the budget is ~1% of
+    the paper's steps."""
+    epochs = 8
+    return Preset(
+        name="mini",
+        datasets={"hopper": "mini/hopper-medium"},
+        env_ids={"hopper": None},
+        random="random",
+        language="text",
+        image="image",
+        train=TrainConfig(
+            epochs=epochs,
+            steps_per_epoch=75,
+            warmup_steps=50,
+            lr=1e-3,
+            eval_episodes=5,
+            eval_max_steps=1000,
+            size=MINI,
+            seed=666,
+        ),
+        seeds=(666,),
+        block_swap_epochs={"hopper": epochs},
+        block_swap_size=MINI,
+        attention_epochs=(0, 1, 2, 4, epochs),
+        gradient_epoch=1,
+        mi_seeds=3,
+    )
+
+
+def paper(gpt2: str | Path, imagegpt: str | Path, d4rl_dir: str | Path) -> Preset:
+    """PAPER.md: GPT-2, ImageGPT and the paper's 1-head ReLU random init on D4RL medium-v2,
+    40 epochs x 2500 steps, seeds 666 and 42. D4RL's MuJoCo 2.1 environments cannot be built
+    here; evaluation uses gymnasium's v5 environments of the same tasks."""
+    d4rl_dir = Path(d4rl_dir)
+    datasets = {env: str(d4rl_dir / f"{env}-medium-v2.hdf5") for env in PAPER_ENVS}
+    return Preset(
+        name="paper",
+        datasets=datasets,
+        env_ids=dict(PAPER_ENVS),
+        random="random-paper",
+        language=str(gpt2),
+        image=str(imagegpt),
+        train=TrainConfig(),
+        seeds=(666, 42),
+        block_swap_epochs={"hopper": 10, "halfcheetah": 5, "walker2d": 5},
+        block_swap_size=GPT2_SIZE,
+        attention_epochs=(0, 1, 4, 10, 40),
+    )
+
+
+def check_paper_inputs(gpt2: str | None, imagegpt: str | None, d4rl_dir: str | None) -> None:
+    """Every input of the paper preset, checked before any run starts."""
+    missing = []
+    for flag, value in (("--gpt2", gpt2), ("--imagegpt", imagegpt), ("--d4rl-dir", d4rl_dir)):
+        if not value:
+            missing.append(f"{flag} is required")
+    if missing:
+        raise DtlensError("the paper preset needs its inputs: " + "; ".join(missing))
+    for flag, path in (("--gpt2", gpt2), ("--imagegpt", imagegpt)):
+        if not (Path(path) / "config.json").is_file():
+            raise DtlensError(f"{flag} {path}: no HF model directory (config.json missing)")
+    for env in PAPER_ENVS:
+        f = Path(d4rl_dir) / f"{env}-medium-v2.hdf5"
+        if not f.is_file():
+            raise DtlensError(f"--d4rl-dir {d4rl_dir}: missing {f.name}")

@@ -1,0 +1,195 @@
+"""Train the behaviour policies of the embedded datasets with stable-baselines3 SAC.
+
+    python scripts/train_policies.py --env Hopper-v5 --timesteps 300000 --seed 0 \
+        --out runs/policies/hopper --max-minutes 60
+
+Every `--eval-every` steps the deterministic actor is evaluated and saved under
+`OUT/checkpoints/`; training stops at `--timesteps` or after `--max-minutes`. Then the replay
+buffer is written to `OUT/replay.hdf5` (D4RL layout) and `export` picks the *expert* (the best
+of the 5 top checkpoints re-evaluated over 10 fresh episodes) and the *medium* (the earlier
+checkpoint nearest a third of the expert's return that moves forward), evaluates both over 10
+episodes, writes them to `dtlens/assets/policies/` and the replay buffer up to the medium
+checkpoint to `OUT/<env>-medium-replay.hdf5`. `export` can be rerun alone:
+
+    python scripts/train_policies.py --out runs/policies/hopper --export-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtlens.data.d4rl import read_d4rl, write_d4rl
+from dtlens.data.policy import POLICY_DIR, MLPPolicy, evaluate_policy, rollout_stats
+
+HIDDEN = [64, 64]
+
+
+def actor_policy(model, env_id: str) -> MLPPolicy:
+    """The SAC actor's deterministic action tanh(mu(obs)) as an `MLPPolicy`."""
+    actor = model.policy.actor
+    linears = [m for m in actor.latent_pi if isinstance(m, torch.nn.Linear)] + [actor.mu]
+    weights = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in linears]
+    return MLPPolicy(weights, env_id=env_id)
+
+
+def train(args: argparse.Namespace) -> None:
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    log_path = out / "eval.jsonl"
+    log_path.write_text("")
+    start = time.time()
+
+    class EvalAndStop(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % args.eval_every == 0:
+                policy = actor_policy(self.model, args.env)
+                returns = evaluate_policy(
+                    policy, args.env, episodes=args.eval_episodes, seed=10_000
+                )
+                policy.save(out / "checkpoints" / f"step-{self.num_timesteps:08d}", extra={})
+                row = {
+                    "step": self.num_timesteps,
+                    "return_mean": float(np.mean(returns)),
+                    "return_std": float(np.std(returns)),
+                    "minutes": (time.time() - start) / 60,
+                }
+                with log_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+            return (time.time() - start) / 60 < args.max_minutes
+
+    env = gym.make(args.env)
+    model = SAC(
+        "MlpPolicy",
+        env,
+        policy_kwargs={"net_arch": HIDDEN},
+        learning_starts=args.learning_starts,
+        buffer_size=args.timesteps,
+        seed=args.seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.learn(total_timesteps=args.timesteps, callback=EvalAndStop())
+    save_replay(model.replay_buffer, out / "replay.hdf5", args)
+    (out / "train.json").write_text(
+        json.dumps({"args": vars(args), "steps": model.num_timesteps}, indent=2) + "\n"
+    )
+
+
+def save_replay(buffer, path: Path, args: argparse.Namespace) -> None:
+    """The SAC replay buffer (no wrap-around: its size is the step budget) in D4RL layout."""
+    n = buffer.buffer_size if buffer.full else buffer.pos
+    dones = buffer.dones[:n, 0].astype(bool)
+    timeouts = buffer.timeouts[:n, 0].astype(bool)
+    arrays = {
+        "observations": buffer.observations[:n, 0],
+        "next_observations": buffer.next_observations[:n, 0],
+        "actions": buffer.actions[:n, 0],
+        "rewards": buffer.rewards[:n, 0],
+        "terminals": dones & ~timeouts,
+        "timeouts": timeouts,
+    }
+    meta = {"env_id": args.env, "policy": "sac-replay", "quality": "replay", "seed": args.seed}
+    write_d4rl(path, arrays, meta)
+
+
+def export(args: argparse.Namespace) -> None:
+    """Pick expert and medium checkpoints, evaluate them, write them to the assets folder."""
+    out = Path(args.out)
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line]
+    train_info = json.loads((out / "train.json").read_text())
+    targs = train_info["args"]
+    best = pick_expert(rows, out, targs["env"])
+    medium = pick_medium(rows, best, out, targs["env"])
+    command = (
+        f"python scripts/train_policies.py --env {targs['env']} --timesteps {train_info['steps']} "
+        f"--seed {targs['seed']} --eval-every {targs['eval_every']} "
+        f"--eval-episodes {targs['eval_episodes']} --learning-starts {targs['learning_starts']} "
+        f"--out {shlex.quote(targs['out'])}"
+    )
+    random_returns = evaluate_policy(None, targs["env"], episodes=10, seed=0)
+    env_name = targs["env"].split("-")[0].lower()
+    summary = {"random": float(np.mean(random_returns))}
+    for quality, row in (("expert", best), ("medium", medium)):
+        policy = MLPPolicy.load(out / "checkpoints" / f"step-{row['step']:08d}")
+        returns = evaluate_policy(policy, targs["env"], episodes=10, seed=0)
+        summary[quality] = float(np.mean(returns))
+        extra = {
+            "quality": quality,
+            "training_step": row["step"],
+            "selection_return_mean": row.get("selection_return_mean", row["return_mean"]),
+            "return_mean": float(np.mean(returns)),
+            "return_std": float(np.std(returns)),
+            "return_episodes": len(returns),
+            "return_eval": "deterministic tanh(mu), env.reset(seed=0..9)",
+            "trainer": "stable-baselines3 SAC, default hyperparameters, net_arch [64, 64]",
+            "command": command,
+        }
+        policy.save(POLICY_DIR / f"{env_name}-{quality}", extra=extra)
+    # medium-replay: the replay buffer up to the medium checkpoint (too large to embed)
+    replay = read_d4rl(out / "replay.hdf5")
+    arrays = {k: v[: medium["step"]] for k, v in replay.arrays().items()}
+    meta = {"env_id": targs["env"], "policy": "sac-replay", "quality": "medium-replay"}
+    write_d4rl(out / f"{env_name}-medium-replay.hdf5", arrays, meta | {"seed": targs["seed"]})
+    print(json.dumps(summary, indent=2))
+
+
+def pick_expert(rows: list[dict], out: Path, env_id: str, top: int = 5) -> dict:
+    """Re-evaluate the `top` checkpoints over 10 fresh episodes (5-episode scores are noisy)."""
+    candidates = sorted(rows, key=lambda r: r["return_mean"])[-top:]
+    for row in candidates:
+        policy = MLPPolicy.load(out / "checkpoints" / f"step-{row['step']:08d}")
+        row["selection_return_mean"] = float(
+            np.mean(evaluate_policy(policy, env_id, episodes=10, seed=20_000))
+        )
+    return max(candidates, key=lambda r: r["selection_return_mean"])
+
+
+def pick_medium(rows: list[dict], expert: dict, out: Path, env_id: str) -> dict:
+    """The earlier checkpoint nearest a third of the expert's return that moves forward: a
+    policy that only balances in place earns ~1 per step and fills a dataset with standing."""
+    expert_return = expert["selection_return_mean"]
+    earlier = [r for r in rows if r["step"] < expert["step"]]
+    for row in sorted(earlier, key=lambda r: abs(r["return_mean"] - expert_return / 3)):
+        policy = MLPPolicy.load(out / "checkpoints" / f"step-{row['step']:08d}")
+        stats = rollout_stats(policy, env_id, episodes=10, seed=20_000)
+        row["selection_return_mean"] = float(stats["returns"].mean())
+        fraction = row["selection_return_mean"] / expert_return
+        if stats["x_position"].mean() > 1.0 and 0.2 < fraction < 0.5:
+            return row
+    raise SystemExit("no checkpoint between 20% and 50% of the expert's return moves forward")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="Hopper-v5")
+    parser.add_argument("--timesteps", type=int, default=300_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--learning-starts", type=int, default=10_000)
+    parser.add_argument("--max-minutes", type=float, default=float("inf"))
+    parser.add_argument("--out", default="runs/policies/hopper")
+    parser.add_argument("--export-only", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.export_only:
+        print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
+        train(args)
+    export(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from dtlens.diagnostics.attention import (
+    attention_distance,
+    attention_distance_paper_variant,
+    paper_variant_from_qk,
+    per_query_distance,
+)
+from dtlens.errors import DtlensError
+
+T = 6
+
+
+def identity(t: int = T) -> np.ndarray:
+    return np.eye(t)
+
+
+def attend_first(t: int = T) -> np.ndarray:
+    a = np.zeros((t, t))
+    a[:, 0] = 1.0
+    return a
+
+
+def uniform_causal(t: int = T, start: int = 0) -> np.ndarray:
+    """Uniform over keys start..i for queries i >= start; rows before start are all zero."""
+    a = np.tril(np.ones((t, t)))
+    a[:, :start] = 0.0
+    a[:start] = 0.0
+    return a / np.maximum(a.sum(axis=1, keepdims=True), 1.0)
+
+
+def test_hand_made_patterns():
+    heads = np.stack([identity(), attend_first(), uniform_causal()])  # (head, query, key)
+    np.testing.assert_allclose(attention_distance(heads), [0.0, (T - 1) / 2, (T - 1) / 4])
+    np.testing.assert_allclose(per_query_distance(heads)[1], np.arange(T))
+    np.testing.assert_allclose(per_query_distance(heads)[2], np.arange(T) / 2)
+
+
+def test_leading_dims_and_timestep_unit():
+    heads = np.stack([identity(), attend_first(), uniform_causal()])
+    batch = np.stack([heads, heads[::-1]])  # (sample, head, query, key)
+    out = attention_distance(batch, unit="timestep")
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out[0], np.array([0.0, (T - 1) / 2, (T - 1) / 4]) / 3)
+    np.testing.assert_allclose(out[1], out[0][::-1])
+
+
+def test_padded_queries_are_excluded():
+    pad = 2
+    real = uniform_causal(start=pad)  # left padding: rows 0, 1 all zero
+    expected = np.mean((np.arange(pad, T) - pad) / 2)
+    assert attention_distance(real[None])[0] == pytest.approx(expected)
+    # padded rows that are not zero (a softmax over masked keys) need the mask
+    noisy = real.copy()
+    noisy[:pad] = uniform_causal()[:pad]
+    mask = np.r_[np.zeros(pad), np.ones(T - pad)].astype(int)
+    assert attention_distance(noisy[None], query_mask=mask)[0] == pytest.approx(expected)
+    assert attention_distance(noisy[None])[0] != pytest.approx(expected)
+    # (sample, layer, head, query, key) with a (sample, query) mask: insert the layer axis
+    stacked = np.broadcast_to(noisy, (2, 4, 3, T, T))
+    out = attention_distance(stacked, query_mask=np.stack([mask, mask])[:, None])
+    np.testing.assert_allclose(out, expected)
+    with pytest.raises(DtlensError, match="leading dims"):
+        attention_distance(stacked, query_mask=np.stack([mask, mask]))
+
+
+def test_no_valid_query_gives_nan():
+    out = attention_distance(np.zeros((2, T, T)))
+    assert np.isnan(out).all()
+
+
+def test_torch_in_torch_out():
+    heads = np.stack([identity(), attend_first(), uniform_causal()])
+    out = attention_distance(torch.tensor(heads, dtype=torch.float32), unit="timestep")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), attention_distance(heads, unit="timestep"), rtol=1e-6)
+    mask = torch.ones(T, dtype=torch.bool)
+    assert isinstance(per_query_distance(torch.tensor(heads)), torch.Tensor)
+    masked = attention_distance(torch.tensor(heads), query_mask=mask)
+    np.testing.assert_allclose(masked.numpy(), [0.0, (T - 1) / 2, (T - 1) / 4])
+
+
+def test_check_rejects_invalid_patterns():
+    good = np.stack([uniform_causal(start=2), identity()])
+    attention_distance(good, check=True)  # zero (padded) rows are allowed
+    with pytest.raises(DtlensError, match="sum to 1"):
+        attention_distance(0.5 * good, check=True)
+    negative = good.copy()
+    negative[1, 3, 2], negative[1, 3, 3] = -0.5, 1.5
+    with pytest.raises(DtlensError, match="negative"):
+        attention_distance(negative, check=True)
+    with pytest.raises(DtlensError, match="NaN"):
+        attention_distance(np.where(good > 0.9, np.nan, good), check=True)
+    with pytest.raises(DtlensError, match="query == key"):
+        attention_distance(np.ones((2, 3, 4)))
+    with pytest.raises(DtlensError, match="unit"):
+        attention_distance(good, unit="step")
+
+
+def released_code(w: torch.Tensor, b: torch.Tensor, hidden: torch.Tensor) -> float:
+    """The released computation, written as it is there (d = 768 replaced by the width)."""
+    d = w.shape[0]
+    qkv = hidden @ w + b
+    query, key = qkv[:, :d], qkv[:, d : 2 * d]
+    att = torch.tril(torch.softmax(torch.matmul(query, key.t()) / np.sqrt(d), dim=1)).numpy()
+    dist = np.zeros_like(att)
+    for i in range(dist.shape[0]):
+        for j in range(dist.shape[1]):
+            dist[i, j] = abs(i - j)
+    return float(np.mean(dist * att))
+
+
+def test_paper_variant_on_tiny_examples():
+    d, t = 2, 3
+    # q = k = 0: softmax is uniform over ALL keys (1/3), then the upper triangle is zeroed:
+    # rows 0, 1, 2 carry distances 0, 1/3, 2/3 + 1/3; the mean over the 9 entries is 4/27
+    out = attention_distance_paper_variant(np.zeros((d, 3 * d)), np.zeros(3 * d), np.ones((t, d)))
+    assert out == pytest.approx(4 / 27)
+    # whereas the per-query mean of a proper causal softmax of the same scores is 0.5
+    assert attention_distance(uniform_causal(t)[None])[0] == pytest.approx(0.5)
+
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(4, 12, generator=g), torch.randn(12, generator=g)
+    hidden = torch.randn(2, 5, 4, generator=g)
+    out = attention_distance_paper_variant(w, b, hidden)
+    assert isinstance(out, torch.Tensor) and out.shape == (2,)
+    for s in range(2):
+        assert float(out[s]) == pytest.approx(released_code(w, b, hidden[s]), rel=1e-5)
+    qkv = hidden @ w + b  # the same from q and k, e.g. TransformerLens' hook_q / hook_k
+    from_qk = paper_variant_from_qk(qkv[..., :4], qkv[..., 4:8])
+    torch.testing.assert_close(from_qk, out)
+    with pytest.raises(DtlensError, match="c_attn"):
+        attention_distance_paper_variant(w[:, :8], b, hidden)
+    with pytest.raises(DtlensError, match="share"):
+        paper_variant_from_qk(qkv[..., :4], qkv[..., 4:7])

@@ -73,7 +73,8 @@ class Run:
         return resolved
 
     def load_model(self, epoch: int) -> DecisionTransformer:
-        self.resolve_epochs([epoch])
+        """The checkpoint of `epoch` (-1: the last), in eval mode."""
+        (epoch,) = self.resolve_epochs([epoch])
         return load_model(self.checkpoint_path(epoch), expected=self.dt_config).eval()
 
     def probe_batch(self):

@@ -1,0 +1,186 @@
+"""The paper's mutual-information analysis on a run: I(X;T) and I(Y;T) per block.
+
+At the last timestep of each probe window (always a real step: windows are left-padded):
+
+- I(X;T), one value per input token type: X = the raw input of that token (the return-to-go
+  scalar, the state vector, the action vector), T = the block's output (`resid_post`) at the
+  state position, where the DT reads out its action.
+- I(Y;T), one value per token type: Y = the target action, T = the block's output at that
+  token's position (return, state, action). The action token embeds Y itself, so I(Y;T) there is
+  high by construction; the state position is the informative one.
+
+Every (quantity, block, token type) is estimated with several seeds: `mi` keeps every seed's
+value, NaN where the estimator diverged; `mean` and `std` are over the others and `diverged`
+counts them. Critics (MINE, InfoNCE) train on half the samples and are scored on the other half;
+`train_mean` is their optimistic bound on the training half.
+`paper=True` reproduces the paper's protocol: MINE (3 x 400, 1000 iterations, batch 50) trained
+and evaluated on the same probe samples, one seed (`preset="paper"` of `mutual_info.estimate`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from jaxtyping import Float
+
+import dtlens
+from dtlens.capture import capture, run_batch
+from dtlens.data.windows import Batch
+from dtlens.diagnostics.mutual_info import estimate
+from dtlens.errors import DtlensError
+from dtlens.io import save_netcdf
+from dtlens.model.dt import TOKEN_TYPES
+from dtlens.train.run import Run
+
+QUANTITIES = ("I(X;T)", "I(Y;T)")
+#: Options `estimate` gets unless the caller sets them. KSG fails on 128- to 768-dim
+#: representations with ~100 samples, so both sides are projected onto 5 principal components.
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"ksg": {"reduce": 5}}
+
+
+def default_blocks(n_layers: int) -> list[int]:
+    """First, middle and last block (the paper's 0/6/11 for GPT-2, 0/12/23 for ImageGPT)."""
+    return sorted({0, n_layers // 2, n_layers - 1})
+
+
+def last_step(resid: xr.DataArray, token_type: str) -> Float[np.ndarray, "sample d_model"]:
+    """The activations at the last timestep's `token_type` position."""
+    at = (resid.timestep == resid.timestep.max()) & (resid.token_type == token_type)
+    return resid.isel(position=int(np.flatnonzero(at.values)[0])).values
+
+
+def information(
+    resid_post: xr.DataArray,
+    batch: Batch,
+    method: str = "ksg",
+    seeds: list[int] | None = None,
+    **options: Any,
+) -> xr.Dataset:
+    """I(X;T) and I(Y;T) (see the module docstring) for every `layer` of `resid_post`
+    (sample, layer, position, d_model) captured on `batch`."""
+    seeds = [0, 1, 2] if seeds is None else list(seeds)
+    options = DEFAULT_OPTIONS.get(method, {}) | options
+    inputs = {
+        "return": batch.returns_to_go[:, -1],
+        "state": batch.states[:, -1],
+        "action": batch.actions[:, -1],
+    }
+    target = batch.actions[:, -1]
+    shape = (len(QUANTITIES), resid_post.sizes["layer"], len(TOKEN_TYPES))
+    values = np.full((*shape, len(seeds)), np.nan)
+    train = np.full(shape, np.nan)
+    for b, layer in enumerate(resid_post.layer.values):
+        resid = resid_post.sel(layer=layer)
+        at_state = last_step(resid, "state")
+        for t, token in enumerate(TOKEN_TYPES):
+            pairs = ((inputs[token], at_state), (target, last_step(resid, token)))
+            for q, (x, y) in enumerate(pairs):
+                result = estimate(x, y, method=method, seeds=seeds, **options)
+                values[q, b, t] = result.values
+                train[q, b, t] = np.nan if result.train_value is None else result.train_value
+    values[~np.isfinite(values)] = np.nan
+    count = np.isfinite(values).sum(axis=-1)
+    mean = np.nansum(values, axis=-1) / np.maximum(count, 1)
+    sq = np.nansum((values - mean[..., None]) ** 2, axis=-1)
+    dims = ("quantity", "block", "token_type")
+    return xr.Dataset(
+        {
+            "mi": (dims + ("seed",), values),
+            "mean": (dims, np.where(count > 0, mean, np.nan)),
+            "std": (dims, np.where(count > 1, np.sqrt(sq / np.maximum(count - 1, 1)), np.nan)),
+            "diverged": (dims, len(seeds) - count),
+            "train_mean": (dims, train),
+        },
+        coords={
+            "quantity": list(QUANTITIES),
+            "block": resid_post.layer.values,
+            "token_type": list(TOKEN_TYPES),
+            "seed": seeds,
+        },
+        attrs={"method": method, "options": json.dumps(options, sort_keys=True), "units": "nats"},
+    )
+
+
+def mutual_info_run(
+    run: Run,
+    epoch: int = -1,
+    blocks: list[int] | None = None,
+    method: str = "ksg",
+    seeds: int = 3,
+    samples: int | None = None,
+    paper: bool = False,
+    seed: int = 0,
+    write: bool = True,
+    **options: Any,
+) -> xr.Dataset:
+    """I(X;T) and I(Y;T) of `run`'s checkpoint `epoch` (-1: last) at `blocks` (default first,
+    middle, last) on its probe batch (or `samples` windows drawn like it), with `seeds` seeds
+    from `seed`. `paper=True`: MINE with the paper's protocol, one seed. Writes
+    `RUN/diagnostics/mutual_info.nc` and `RUN/figures/mutual_info.png` unless `write=False`."""
+    if paper:
+        if method != "mine":
+            raise DtlensError(f"--paper reproduces the paper's MINE; it cannot use {method}")
+        options = {"preset": "paper"} | options
+        seeds = 1
+    if seeds < 1:
+        raise DtlensError(f"seeds must be at least 1, got {seeds}")
+    epoch = run.resolve_epochs([epoch])[0]
+    model = run.load_model(epoch)
+    n_layers = model.cfg.n_layers
+    blocks = default_blocks(n_layers) if blocks is None else list(dict.fromkeys(blocks))
+    bad = [b for b in blocks if not 0 <= b < n_layers]
+    if bad:
+        raise DtlensError(f"no block {bad} in a {n_layers}-block model (blocks 0..{n_layers - 1})")
+    batch = run_batch(run, samples)
+    acts = capture(model, batch, hooks=[f"backbone.blocks.{b}.hook_resid_post" for b in blocks])
+    ds = information(
+        acts.resid_post.sel(layer=blocks), batch, method, list(range(seed, seed + seeds)), **options
+    )
+    ds.attrs |= {
+        "run": run.name,
+        "epoch": epoch,
+        "init": run.config["train"]["init"],
+        "dataset": run.config["train"]["dataset"],
+        "samples": len(batch),
+        "paper": int(paper),
+        "probe_hash": acts.attrs["probe_hash"],
+        "dtlens_version": dtlens.__version__,
+    }
+    if write:
+        save_netcdf(ds, run.subdir("diagnostics") / "mutual_info.nc")
+        plot_mutual_info(ds, run.subdir("figures") / "mutual_info.png")
+    return ds
+
+
+def plot_mutual_info(ds: xr.Dataset, path: str | Path) -> Path:
+    """One panel per quantity: bars per block and token type, error bars = std over seeds."""
+    from dtlens.report.figures import panels, save_figure
+
+    fig, axes = panels(1, len(ds.quantity), size=(4.2, 3.2))
+    blocks = [f"block {b}" for b in ds.block.values]
+    x = np.arange(len(blocks))
+    width = 0.8 / len(ds.token_type)
+    for ax, quantity in zip(axes[0], ds.quantity.values, strict=True):
+        q = ds.sel(quantity=quantity)
+        for i, token in enumerate(ds.token_type.values):
+            t = q.sel(token_type=token)
+            offset = (i - (len(ds.token_type) - 1) / 2) * width
+            ax.bar(x + offset, t["mean"], width, yerr=np.nan_to_num(t["std"]), label=str(token))
+            for j, n in enumerate(t["diverged"].values):
+                if n:
+                    ax.annotate(f"{n} NaN", (x[j] + offset, 0), fontsize=6, ha="center")
+        ax.set_xticks(x, blocks, fontsize=8)
+        ax.set_ylabel("nats", fontsize=8)
+        what = "input token X" if quantity == QUANTITIES[0] else "position of T"
+        ax.set_title(f"{quantity} by {what}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"{ds.attrs.get('run', '')} epoch {ds.attrs.get('epoch', '')}: {ds.attrs['method']}, "
+        f"{ds.sizes['seed']} seed(s)",
+        fontsize=9,
+    )
+    return save_figure(fig, path)

@@ -1,0 +1,99 @@
+"""Run-level gradient analysis: Gram route = materialised route, per-sample clipping, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from typer.testing import CliRunner
+
+from cli.main import app
+from dtlens import DecisionTransformer
+from dtlens.data.windows import Batch
+from dtlens.diagnostics.gradient_run import gradient_stats, top_tensors
+from dtlens.diagnostics.gradients import gradient_confusion
+from dtlens.diagnostics.per_sample import iter_per_sample_grads
+from dtlens.train.loop import action_loss, train
+from tests.conftest import dt_inputs, perturb_, tiny_train_config
+from tests.test_per_sample_gradients import one_thread  # noqa: F401  (autouse)
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model(tiny_cfg) -> DecisionTransformer:
+    return perturb_(DecisionTransformer(tiny_cfg, seed=2)).eval()
+
+
+@pytest.fixture
+def batch(tiny_cfg) -> Batch:
+    return Batch(*dt_inputs(tiny_cfg, batch=6, steps=4, pad=1, seed=1))
+
+
+@pytest.fixture(scope="module")
+def run_dir(hopper_file, tmp_path_factory):
+    cfg = tiny_train_config(hopper_file, epochs=1, eval_episodes=0, probe_size=8)
+    return train(cfg, tmp_path_factory.mktemp("grad") / "run", progress=False).path
+
+
+def test_gram_route_equals_materialised_route(model, batch):
+    ds = gradient_stats(model, batch, n_confusion=5, chunk_size=4, seed=1)
+    grads = iter_per_sample_grads(model, batch, chunk_size=4, seed=1, group_by="all")
+    g = torch.cat([t.flatten(1) for _, t in grads], dim=1).double()  # (n, P)
+    np.testing.assert_allclose(ds["norm"], g.norm(dim=1), rtol=1e-5)
+    unit = g[:5] / g[:5].norm(dim=1, keepdim=True)
+    cos = (unit @ unit.T).numpy()
+    np.testing.assert_allclose(ds["cosine"], cos[ds["pair_i"], ds["pair_j"]], atol=1e-5)
+    assert float(ds["confusion"]) == pytest.approx(gradient_confusion(g[:5]), abs=1e-5)
+    np.testing.assert_allclose(ds["share"].sum("tensor"), 1.0, rtol=1e-6)
+    top = top_tensors(ds, 3)["share_mean"].values
+    assert list(top) == sorted(top, reverse=True) and top[0] == ds["share_mean"].max()
+
+
+def clip_single_samples(model, batch, clip: float) -> tuple[list[float], list[float]]:
+    """Each sample's gradient norm before and after `clip_grad_norm_` on a one-sample batch."""
+    before, after = [], []
+    for i in range(len(batch)):
+        model.zero_grad()
+        action_loss(model, batch.index([i])).backward()
+        before.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        after.append(float(torch.linalg.vector_norm(torch.cat(grads))))
+    return before, after
+
+
+def test_per_sample_clipping_matches_clip_grad_norm(model, batch):
+    clip = float(np.median(clip_single_samples(model, batch, math.inf)[0]))  # clips half
+    before, after = clip_single_samples(model, batch, clip)
+    ds = gradient_stats(model, batch, n_confusion=2, clip=clip, train_mode=False, chunk_size=6)
+    np.testing.assert_allclose(ds["norm"], before, rtol=1e-5)
+    np.testing.assert_allclose(ds["norm_clipped"], after, rtol=1e-5)
+    assert 0 < (ds["clip_coef"] < 1).sum() < len(batch)
+
+
+def test_cli_writes_dataset_and_figure(run_dir):
+    args = "--epoch 1 --samples 8 --confusion-samples 4".split()
+    res = runner.invoke(app, ["gradients", str(run_dir), *args])
+    assert res.exit_code == 0, res.output
+    assert "confusion" in res.output and "backbone.blocks" in res.output
+    ds = xr.open_dataset(run_dir / "diagnostics" / "gradients.nc")
+    assert ds.sizes["sample"] == 8 and ds.sizes["pair"] == 6
+    assert ds.attrs["epoch"] == 1 and ds.attrs["train_mode"] == 1
+    assert np.isfinite(ds["norm"]).all() and -1 <= float(ds["confusion"]) <= 1
+    assert (run_dir / "figures" / "gradients.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epoch", "7"], "no checkpoint for epoch(s) [7]"),
+        (["--confusion-samples", "1"], "confusion needs"),
+    ],
+)
+def test_cli_bad_input_is_one_line(run_dir, args, message):
+    res = runner.invoke(app, ["gradients", str(run_dir), "--samples", "4", *args])
+    assert res.exit_code == 1
+    assert message in res.output and len(res.output.strip().splitlines()) == 1

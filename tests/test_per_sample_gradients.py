@@ -1,0 +1,102 @@
+"""Per-sample gradients with torch.func: equal to one backward pass per sample."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtlens import DecisionTransformer
+from dtlens.data.windows import Batch
+from dtlens.diagnostics.per_sample import (
+    iter_per_sample_grads,
+    parameter_groups,
+    sample_losses,
+    used_parameters,
+)
+from dtlens.errors import DtlensError
+from dtlens.train.loop import action_loss
+from tests.conftest import dt_inputs, perturb_
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded machine two threads
+    that wait for each other make these tests ~30x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def model(tiny_cfg) -> DecisionTransformer:
+    return perturb_(DecisionTransformer(tiny_cfg, seed=1)).eval()
+
+
+@pytest.fixture
+def batch(tiny_cfg) -> Batch:
+    return Batch(*dt_inputs(tiny_cfg, batch=5, steps=4, pad=2))
+
+
+def test_used_parameters_and_groups(model):
+    names = used_parameters(model)
+    assert "backbone.blocks.0.ln1.w" in names and "embed_timestep.weight" in names
+    assert not any(n.startswith(("backbone.embed.", "backbone.unembed.")) for n in names)
+    groups = parameter_groups(names)
+    assert len(groups) == model.cfg.n_layers + 1
+    assert sorted(sum(groups, [])) == sorted(names)
+    assert parameter_groups(names, "all") == [names]
+
+
+def test_sample_losses_equal_action_loss_of_one_sample(model, batch):
+    pred = model(
+        batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.attention_mask
+    )
+    losses = sample_losses(pred, batch.actions, batch.attention_mask)
+    for i in range(len(batch)):
+        torch.testing.assert_close(losses[i], action_loss(model, batch.index([i])))
+
+
+def test_eval_mode_equals_a_loop_of_single_sample_backward_passes(model, batch):
+    grads = dict(iter_per_sample_grads(model, batch, chunk_size=2, train_mode=False))
+    assert sorted(grads) == sorted(used_parameters(model))
+    for i in range(len(batch)):
+        model.zero_grad()
+        action_loss(model, batch.index([i])).backward()
+        for name, g in grads.items():
+            torch.testing.assert_close(
+                g[i], model.get_parameter(name).grad, rtol=0, atol=1e-5, msg=name
+            )
+    assert not model.training
+
+
+def test_train_mode_uses_the_dropout_masks_of_a_batched_forward(model, batch):
+    """vmap(randomness="different") draws per-sample masks exactly as a batched forward after
+    the same seed; per-sample gradients of that forward are the reference. Block-by-block and
+    all-at-once agree, so every group saw the same masks."""
+    rng = torch.get_rng_state()
+    grads = dict(iter_per_sample_grads(model, batch, chunk_size=8, seed=3))
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    at_once = dict(iter_per_sample_grads(model, batch, chunk_size=8, seed=3, group_by="all"))
+    model.train()
+    torch.manual_seed(3)
+    pred = model(
+        batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.attention_mask
+    )
+    losses = sample_losses(pred, batch.actions, batch.attention_mask)
+    params = [model.get_parameter(n) for n in grads]
+    for i in range(len(batch)):
+        ref = torch.autograd.grad(losses[i], params, retain_graph=True)
+        for (name, g), r in zip(grads.items(), ref, strict=True):
+            torch.testing.assert_close(g[i], r, rtol=0, atol=1e-5, msg=name)
+            torch.testing.assert_close(g[i], at_once[name][i], rtol=0, atol=1e-6, msg=name)
+    eval_grads = dict(iter_per_sample_grads(model, batch, chunk_size=8, train_mode=False))
+    assert not torch.allclose(grads["predict_action.weight"], eval_grads["predict_action.weight"])
+
+
+def test_bad_input(model, batch):
+    with pytest.raises(DtlensError, match="not a trainable parameter"):
+        next(iter_per_sample_grads(model, batch, params=["backbone.embed.W_E"]))
+    batch.timesteps[0, 0] = model.cfg.max_ep_len
+    with pytest.raises(DtlensError, match="timesteps"):
+        next(iter_per_sample_grads(model, batch))

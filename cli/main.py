@@ -14,4 +14,13 @@ app = typer.Typer(
 
 # Command modules register themselves on import (one line each, keep sorted).
 from cli import model  # noqa: E402,F401
+from cli import train  # noqa: E402,F401
 from cli import data  # noqa: E402,F401
+from cli import pretrain  # noqa: E402,F401
+from cli import studies  # noqa: E402,F401
+from cli import capture  # noqa: E402,F401
+from cli import diagnostics  # noqa: E402,F401
+from cli import gradients  # noqa: E402,F401
+from cli import mutual_info  # noqa: E402,F401
+from cli import reproduce  # noqa: E402,F401
+from cli import attention  # noqa: E402,F401

@@ -105,10 +105,7 @@ def run_no_context(
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
-    ds = compare_context(runs)
-    save_netcdf(ds, out / "diagnostics" / "no_context.nc")
-    plot_context(ds, out / "figures" / "no_context.png")
-    return ds, outcomes
+    return write_context_study(runs, out), outcomes
 
 
 def run_block_swap(
@@ -128,7 +125,20 @@ def run_block_swap(
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
+    return write_block_study(runs, out), outcomes
+
+
+def write_context_study(runs: dict[tuple[str, int], Run], out: Path) -> xr.Dataset:
+    """Compare finished (init, K) runs; write `diagnostics/no_context.nc` and its figure."""
+    ds = compare_context(runs)
+    save_netcdf(ds, out / "diagnostics" / "no_context.nc")
+    plot_context(ds, out / "figures" / "no_context.png")
+    return ds
+
+
+def write_block_study(runs: dict[str, Run], out: Path) -> xr.Dataset:
+    """Compare finished block-swap variants; write `diagnostics/block_swap.nc` and its figure."""
     ds = compare_blocks(runs)
     save_netcdf(ds, out / "diagnostics" / "block_swap.nc")
     plot_blocks(ds, out / "figures" / "block_swap.png")
-    return ds, outcomes
+    return ds

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from dtlens.io import write_atomic  # noqa: E402
-
-
-def save_png(fig, path: str | Path) -> Path:
-    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-    return Path(path)
+from dtlens.report.figures import panels, save_figure
 
 
 def plot_context(ds: xr.Dataset, path: str | Path) -> Path:
     """Smoothed action error per step and normalized score per epoch; K=1 dashed."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = panels(1, 2, size=(5.5, 4))
+    axes = axes[0]
     colours = {init: f"C{i}" for i, init in enumerate(dict.fromkeys(ds.init.values.tolist()))}
     for run in ds.run.values:
         r = ds.sel(run=run)
@@ -33,12 +24,13 @@ def plot_context(ds: xr.Dataset, path: str | Path) -> Path:
     axes[1].set(xlabel="epoch", ylabel="D4RL normalized score", title="evaluation")
     axes[0].legend(fontsize=8)
     fig.suptitle("Training without context (K=1, dashed) vs with context")
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_blocks(ds: xr.Dataset, path: str | Path) -> Path:
     """EMA-smoothed action error and return per epoch, one line per variant."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = panels(1, 2, size=(5.5, 4))
+    axes = axes[0]
     for i, v in enumerate(ds.variant.values):
         style = dict(
             color="black" if v in ("random", "donor") else f"C{i}",
@@ -51,4 +43,4 @@ def plot_blocks(ds: xr.Dataset, path: str | Path) -> Path:
     axes[1].set(xlabel="epoch", ylabel="return (EMA)", title="mean return")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"One donor block in a random-init DT (EMA {ds.attrs.get('ema', 0.8)})")
-    return save_png(fig, path)
+    return save_figure(fig, path)

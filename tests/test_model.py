@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from dtlens import DecisionTransformer
+from dtlens import DecisionTransformer, DTConfig
 from dtlens.errors import DtlensError
 from dtlens.model import BackboneConfig
 from dtlens.model.activations import quick_gelu
@@ -175,3 +175,46 @@ def test_cli_model_info_config_not_a_model(tmp_path):
     res = runner.invoke(app, ["model", "info", str(bad)])
     assert res.exit_code == 1 and "not a safetensors file" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("norm, act", [("LN", "gelu_new"), ("RMS", "quick_gelu"), ("LN", "relu")])
+def test_fused_path_equals_hooked_path(norm, act):
+    backbone = BackboneConfig(
+        n_layers=2, d_model=16, n_heads=2, d_mlp=32, act_fn=act, normalization_type=norm
+    )
+    cfg = DTConfig(state_dim=5, act_dim=2, backbone=backbone, max_ep_len=50)
+    dt = DecisionTransformer(cfg, seed=3)
+    with torch.no_grad():
+        for p in dt.backbone.parameters():  # move norms and biases off their init
+            p.add_(torch.randn_like(p) * 0.1)
+    dt.eval()
+    s, a, r, t, m = dt_inputs(cfg, batch=3, steps=4, pad=2)
+    valid = m.bool()  # padded steps differ (never read); the loss masks them as training does
+    fast = dt(s, a, r, t, m)
+    fast[valid].pow(2).sum().backward()
+    g_fast = {n: p.grad.clone() for n, p in dt.named_parameters() if p.grad is not None}
+    dt.zero_grad()
+    dt.fast_path = False
+    hooked = dt(s, a, r, t, m)
+    hooked[valid].pow(2).sum().backward()
+    torch.testing.assert_close(fast[valid], hooked[valid], atol=1e-5, rtol=1e-5)
+    for n, p in dt.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(g_fast[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_attached_hooks_switch_to_the_hooked_path(tiny_dt):
+    s, a, r, t, m = dt_inputs(tiny_dt.cfg)
+    assert not tiny_dt._backbone_hooked()
+    seen = []
+    out = tiny_dt.run_with_hooks(
+        s,
+        a,
+        r,
+        t,
+        m,
+        fwd_hooks=[("backbone.blocks.0.hook_resid_post", lambda x, hook: seen.append(x))],
+    )
+    assert len(seen) == 1
+    torch.testing.assert_close(out, tiny_dt(s, a, r, t, m), atol=1e-5, rtol=1e-5)
+    assert not tiny_dt._backbone_hooked()  # run_with_hooks removed its hook

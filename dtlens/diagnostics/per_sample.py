@@ -111,7 +111,8 @@ def _group_grads(
         def time_embed(x, hook):
             return model.embed_timestep.weight[timesteps[None]]
 
-        with model.hooks(fwd_hooks=[("hook_time_embed", time_embed)]):
+        # The hooked blocks have vmap batching rules; fused attention would fall back to a loop.
+        with model.hooked_path(), model.hooks(fwd_hooks=[("hook_time_embed", time_embed)]):
             inputs = (states[None], actions[None], rtg[None], const_t[None], mask[None])
             pred = functional_call(model, (group, params), inputs)
         return sample_losses(pred, actions[None], mask[None])[0]

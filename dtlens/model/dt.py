@@ -9,6 +9,9 @@ so the TransformerLens blocks stay unmodified and eval mode is dropout-free.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -18,6 +21,7 @@ from transformer_lens.hook_points import HookPoint
 from dtlens.errors import DtlensError
 from dtlens.model.backbones import UNUSED_BY_DT, random_backbone
 from dtlens.model.config import BackboneConfig, DTConfig
+from dtlens.model.fast import fused_blocks
 
 TOKEN_TYPES = ("return", "state", "action")
 
@@ -52,6 +56,8 @@ class DecisionTransformer(HookedRootModule):
         self.hook_action_pred = HookPoint()  # [batch, step, act_dim]
         self.setup()
         self._add_dropout_hooks()
+        #: Use the fused blocks when no hook is attached to the backbone (same numbers).
+        self.fast_path = True
 
     # -- construction --------------------------------------------------------------------------
     def load_backbone(self, backbone: HookedTransformer) -> None:
@@ -71,11 +77,16 @@ class DecisionTransformer(HookedRootModule):
         def drop(module: nn.Dropout):
             return lambda x, hook: module(x)
 
+        self._dropout_hooks: dict[str, int] = {}
         for i in range(self.cfg.n_layers):
             blk = f"backbone.blocks.{i}"
-            self.add_perma_hook(f"{blk}.attn.hook_pattern", drop(self.attn_dropout))
-            self.add_perma_hook(f"{blk}.hook_attn_out", drop(self.resid_dropout))
-            self.add_perma_hook(f"{blk}.hook_mlp_out", drop(self.resid_dropout))
+            for name, module in (
+                (f"{blk}.attn.hook_pattern", self.attn_dropout),
+                (f"{blk}.hook_attn_out", self.resid_dropout),
+                (f"{blk}.hook_mlp_out", self.resid_dropout),
+            ):
+                self.add_perma_hook(name, drop(module))
+                self._dropout_hooks[name] = 1
 
     # -- forward -------------------------------------------------------------------------------
     def embed(
@@ -124,8 +135,27 @@ class DecisionTransformer(HookedRootModule):
         mask = None
         if attention_mask is not None:
             mask = attention_mask.to(torch.long).repeat_interleave(3, dim=1)
+        if self.fast_path and not self._backbone_hooked():
+            return fused_blocks(self.backbone, x, mask, self.cfg.attn_dropout, self.resid_dropout)
         x = self.backbone(x, start_at_layer=0, stop_at_layer=self.cfg.n_layers, attention_mask=mask)
         return self.backbone.ln_final(x)
+
+    @contextmanager
+    def hooked_path(self) -> Iterator[None]:
+        """Run the backbone through TransformerLens's hooked blocks (e.g. under torch.func)."""
+        fast, self.fast_path = self.fast_path, False
+        try:
+            yield
+        finally:
+            self.fast_path = fast
+
+    def _backbone_hooked(self) -> bool:
+        """Whether any hook besides the permanent dropout ones sits on the backbone."""
+        return any(
+            hp.bwd_hooks or len(hp.fwd_hooks) > self._dropout_hooks.get(name, 0)
+            for name, hp in self.hook_dict.items()
+            if name.startswith("backbone.")
+        )
 
     def _check_shapes(self, states, actions, returns_to_go, timesteps, attention_mask) -> None:
         B, K = states.shape[:2]

@@ -1,0 +1,68 @@
+"""The backbone's blocks as fused kernels, for forward passes that no hook needs to see.
+
+TransformerLens computes attention step by step so that every intermediate has a hook point; it
+also normalises the block input three times (once each for q, k, v). When nothing is attached to
+the backbone's hook points, the same weights run here through one fused q/k/v projection and
+PyTorch's scaled_dot_product_attention. The result equals the hooked path at every real token;
+padded query rows attend to themselves here instead of to nothing (their outputs are never read).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+
+
+def _activation(name: str, block) -> callable:
+    # gelu_new is exactly PyTorch's tanh-approximated GELU, which is one fused kernel.
+    return (lambda x: F.gelu(x, approximate="tanh")) if name == "gelu_new" else block.mlp.act_fn
+
+
+def norm(module: nn.Module, x: Tensor) -> Tensor:
+    """A TransformerLens LayerNorm / RMSNorm as one fused kernel (same formula)."""
+    if hasattr(module, "b"):
+        return F.layer_norm(x, module.w.shape, module.w, module.b, module.eps)
+    return F.rms_norm(x, module.w.shape, module.w, module.eps)
+
+
+def allowed_keys(
+    mask: Int[Tensor, "batch pos"] | None, n: int, device: torch.device
+) -> Tensor | None:
+    """(batch, 1, query, key) bool: causal and unpadded keys, plus the diagonal."""
+    if mask is None:
+        return None
+    causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    keys = mask.bool()[:, None, None, :]
+    return (causal & keys) | torch.eye(n, dtype=torch.bool, device=device)
+
+
+def fused_blocks(
+    backbone: HookedTransformer,
+    x: Float[Tensor, "batch pos d_model"],
+    mask: Int[Tensor, "batch pos"] | None,
+    attn_dropout: float,
+    resid_dropout: nn.Dropout,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Run every block of `backbone` on the residual stream `x`, then its final norm."""
+    B, T, D = x.shape
+    allowed = allowed_keys(mask, T, x.device)
+    p = attn_dropout if backbone.training or resid_dropout.training else 0.0
+    for block in backbone.blocks:
+        attn, mlp = block.attn, block.mlp
+        H, dh = attn.W_Q.shape[0], attn.W_Q.shape[2]
+        w = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).transpose(1, 2).reshape(3 * H * dh, D)
+        b = torch.cat([attn.b_Q, attn.b_K, attn.b_V]).reshape(3 * H * dh)
+        qkv = F.linear(norm(block.ln1, x), w, b).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
+        z = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=allowed, dropout_p=p, is_causal=allowed is None
+        )
+        z = z.transpose(1, 2).reshape(B, T, H * dh)
+        x = x + resid_dropout(F.linear(z, attn.W_O.reshape(H * dh, D).T, attn.b_O))
+        hidden = _activation(backbone.cfg.act_fn, block)(
+            F.linear(norm(block.ln2, x), mlp.W_in.T, mlp.b_in)
+        )
+        x = x + resid_dropout(F.linear(hidden, mlp.W_out.T, mlp.b_out))
+    return norm(backbone.ln_final, x)

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dtlens model info random
+	$(BIN)/dtlens reproduce --preset mini --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/pytest -q

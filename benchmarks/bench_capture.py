@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import MIB, PeakRSS, machine_line, markdown_table, run_child  # noqa: E402
 from dtlens import DecisionTransformer  # noqa: E402
 from dtlens.capture import capture, capture_to_netcdf, save_capture  # noqa: E402
 from dtlens.data.windows import Batch  # noqa: E402
@@ -36,7 +34,6 @@ from dtlens.model.dt import TOKEN_TYPES  # noqa: E402
 SIZE = dict(state_dim=11, act_dim=3, hidden_size=128, n_layer=3, n_head=4, n_inner=512)
 K = 20
 HOOKS = ["resid_post", "pattern"]
-MIB = 2**20
 
 
 def hf_model():
@@ -103,11 +100,6 @@ def hf_capture(hf, batch: Batch, batch_size: int) -> xr.Dataset:
     )
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure(case: str, n: int, chunk: int, repeats: int) -> dict:
     """Run one case `repeats` times in this process: median seconds and peak extra RSS; every
     case runs `chunk` samples per forward pass."""
@@ -122,29 +114,18 @@ def measure(case: str, n: int, chunk: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: lazy imports, thread pools, caches
         capture(dt, make_batch(2), HOOKS)
         hf_capture(hf, make_batch(2), chunk).to_netcdf(Path(tmp) / "warm.nc", engine="netcdf4")
-    peak, stop = [rss()], threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.002):
-            peak.append(rss())
-
-    base = rss()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
     times = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with PeakRSS(sample_every=0.002) as peak, tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             t0 = time.perf_counter()
             run(Path(tmp) / f"{r}.nc")
             times.append(time.perf_counter() - t0)
         size = (Path(tmp) / "0.nc").stat().st_size
-    stop.set()
-    thread.join()
     return {
         "case": case,
         "samples": n,
         "seconds": statistics.median(times),
-        "peak_mib": (max(peak) - base) / MIB,
+        "peak_mib": peak.peak / MIB,
         "file_mib": size / MIB,
     }
 
@@ -168,6 +149,8 @@ def check_agreement() -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 and 512 samples, 2 repeats")
+    parser.add_argument("--counts", type=int, nargs="+", help="sample counts (default 512 4096)")
+    parser.add_argument("--repeats", type=int, help="default 3 (2 with --quick)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # case n chunk repeats
     args = parser.parse_args(argv)
     if args.child:
@@ -176,16 +159,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     check_agreement()
     counts, chunk, repeats = ((128, 512), 64, 2) if args.quick else ((512, 4096), 256, 3)
+    counts, repeats = args.counts or counts, args.repeats or repeats
     rows = []
     for n in counts:
         for case in ("dtlens stream", "dtlens memory", "HF peer"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", case, str(n), str(chunk), str(repeats)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(run_child([__file__, "--child", case, str(n), str(chunk), str(repeats)]))
     print_table(rows, chunk, repeats)
     return rows
 
@@ -195,20 +173,18 @@ def print_table(rows: list[dict], chunk: int, repeats: int) -> None:
     print(
         f"\ncapture of {HOOKS} (all {SIZE['n_layer']} blocks), d={SIZE['hidden_size']}, "
         f"{SIZE['n_head']} heads, K={K}; {chunk} samples per forward (and per streamed chunk); "
-        f"median of {repeats}; torch {torch.__version__}, {os.cpu_count()} CPU(s)\n"
+        f"median of {repeats}; each case in its own process\n{machine_line()}\n"
     )
-    print(
-        "| case | samples | time (s) | time / HF | peak RSS above start (MiB) | peak / HF "
-        "| file (MiB) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    cells = []
     for r in rows:
         p = peer[r["samples"]]
-        print(
-            f"| {r['case']} | {r['samples']} | {r['seconds']:.2f} | "
-            f"{r['seconds'] / p['seconds']:.2f} | {r['peak_mib']:.0f} | "
-            f"{r['peak_mib'] / p['peak_mib']:.2f} | {r['file_mib']:.0f} |"
-        )
+        cells.append([
+            r["case"], r["samples"], f"{r['seconds']:.2f}", f"{r['seconds'] / p['seconds']:.2f}",
+            f"{r['peak_mib']:.0f}", f"{r['peak_mib'] / p['peak_mib']:.2f}", f"{r['file_mib']:.0f}",
+        ])  # fmt: skip
+    headers = ["case", "samples", "time (s)", "time / HF", "peak RSS above start (MiB)",
+               "peak / HF", "file (MiB)"]  # fmt: skip
+    print(markdown_table(headers, cells))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ samples); the BLAS thread count is printed with the table.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info
 
-from dtlens.diagnostics.cka import cka_matrix
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine_line, markdown_table, median_time  # noqa: E402
+from dtlens.diagnostics.cka import cka_matrix  # noqa: E402
 
 
 def naive_cka_matrix(layers: list[np.ndarray]) -> np.ndarray:
@@ -41,17 +42,6 @@ def naive_cka_matrix(layers: list[np.ndarray]) -> np.ndarray:
             k, m = u_centred_gram(a), u_centred_gram(b)
             out[i, j] = (k * m).sum() / np.sqrt((k * k).sum() * (m * m).sum())
     return out
-
-
-def median_time(
-    fn: Callable[[list[np.ndarray]], np.ndarray], layers: list[np.ndarray], repeats: int
-) -> tuple[float, np.ndarray]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(layers)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def make_layers(n: int, n_layers: int, d: int, seed: int = 0) -> list[np.ndarray]:
@@ -84,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, naive_rate = [], None  # naive seconds per n^2
     for n in sizes:
         layers = make_layers(n, n_layers, d)
-        fast_s, fast = median_time(partial(cka_matrix, debiased=True), layers, args.repeats)
+        fast_s, fast = median_time(partial(cka_matrix, layers, debiased=True), args.repeats)
         row = {"n": n, "layers": n_layers, "d": d, "dtlens_s": fast_s, "naive_s": None,
                "speedup": None, "max_abs_diff": None, "note": ""}  # fmt: skip
         gram_gb = 4 * n * n * 8 / 1e9  # two Grams and two temporaries alive at once
@@ -95,21 +85,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row["note"] = f"naive skipped: estimated {estimate:.0f} s"
         else:
             repeats = args.repeats if n <= 2000 else 1
-            naive_s, naive = median_time(naive_cka_matrix, layers, repeats)
+            naive_s, naive = median_time(partial(naive_cka_matrix, layers), repeats)
             naive_rate = naive_s / (n * n)
             row.update(naive_s=naive_s, speedup=naive_s / fast_s,
                        max_abs_diff=float(np.abs(naive - fast).max()))  # fmt: skip
         rows.append(row)
 
-    threads = {i["internal_api"]: i["num_threads"] for i in threadpool_info()}
-    print(f"\nAll-pairs unbiased linear CKA, {n_layers} layers x d={d}; BLAS threads: {threads}\n")
-    print("| n | dtlens (s) | naive numpy (s) | speedup | max abs diff | note |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"\nAll-pairs unbiased linear CKA, {n_layers} layers x d={d}; median of {args.repeats} "
+        f"(naive: 1 above 2000 samples)\n{machine_line()}\n"
+    )
+    cells = []
     for r in rows:
         naive = "-" if r["naive_s"] is None else f"{r['naive_s']:.4g}"
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.0f}x"
         diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
-        print(f"| {r['n']} | {r['dtlens_s']:.4g} | {naive} | {speedup} | {diff} | {r['note']} |")
+        cells.append([r["n"], f"{r['dtlens_s']:.4g}", naive, speedup, diff, r["note"]])
+    print(
+        markdown_table(
+            ["n", "dtlens (s)", "naive numpy (s)", "speedup", "max abs diff", "note"], cells
+        )
+    )
     return rows
 
 

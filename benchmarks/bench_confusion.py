@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import (  # noqa: E402
+    GIB,
+    PeakRSS,
+    available_gib,
+    machine_line,
+    markdown_table,
+    run_child,
+)
 from dtlens import DecisionTransformer, DTConfig  # noqa: E402
 from dtlens.data.windows import Batch  # noqa: E402
 from dtlens.diagnostics.gradients import GramAccumulator, gradient_confusion  # noqa: E402
@@ -37,7 +43,6 @@ from dtlens.model import BackboneConfig  # noqa: E402
 SAMPLES = 50
 CHUNK = 16  # samples per vmapped pass, dtlens's default
 K = 20
-GIB = 2**30
 #: name, layers, d_model, heads; the last is GPT-2 small's size.
 SIZES = [("12 x 384", 12, 384, 6), ("GPT-2 small 12 x 768", 12, 768, 12)]
 QUICK_SIZES = [("2 x 64", 2, 64, 2), ("4 x 128", 4, 128, 4)]
@@ -81,31 +86,15 @@ def n_params(model: DecisionTransformer) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def status(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def measure(route: str, layers: int, d: int, heads: int) -> dict:
     """Run one route once in this process: seconds, peak RSS above the start, confusion."""
     model = make_model(layers, d, heads)
     batch = make_batch(SAMPLES)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
-    base = status("VmRSS")
-    t0 = time.perf_counter()
-    confusion = ROUTES[route](model, batch)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_gib": (status("VmHWM") - base) / GIB, "confusion": confusion}
-
-
-def available_gib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 2**20
-    return float("inf")
+    with PeakRSS() as peak:  # the kernel's high-water mark, reset here
+        t0 = time.perf_counter()
+        confusion = ROUTES[route](model, batch)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_gib": peak.peak / GIB, "confusion": confusion}
 
 
 def predicted_gib(route: str, params: int) -> float:
@@ -120,6 +109,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per case")
+    parser.add_argument(
+        "--models", nargs="+", help="model names to run (default: both of the mode's sizes)"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -129,7 +121,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(measure(route, int(layers), int(d), int(heads))))
         return []
     rows = []
-    for name, layers, d, heads in QUICK_SIZES if args.quick else SIZES:
+    sizes = QUICK_SIZES if args.quick else SIZES
+    if args.models:
+        sizes = [s for s in QUICK_SIZES + SIZES if s[0] in args.models]
+    for name, layers, d, heads in sizes:
         params = n_params(make_model(layers, d, heads))
         for route in ROUTES:
             row = {"model": name, "params": params, "route": route}
@@ -138,11 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row["skipped"] = f"needs > {need:.0f} GiB, {have:.0f} GiB available"
             else:
                 threads = ["--threads", str(args.threads)] if args.threads else []
-                cmd = [sys.executable, __file__, *threads, "--child", route, str(layers)]
-                out = subprocess.run(
-                    [*cmd, str(d), str(heads)], check=True, capture_output=True, text=True
-                )
-                row |= json.loads(out.stdout.strip().splitlines()[-1])
+                sizes_args = [str(layers), str(d), str(heads)]
+                row |= run_child([__file__, *threads, "--child", route, *sizes_args])
             print(row, file=sys.stderr)
             rows.append(row)
     print_table(rows, torch.get_num_threads())
@@ -152,26 +144,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def print_table(rows: list[dict], threads: int) -> None:
     print(
         f"\ngradient confusion of {SAMPLES} per-sample gradients (train mode), DT with K={K} "
-        f"(60 tokens), {CHUNK} samples per vmapped pass; torch {torch.__version__}, "
-        f"{os.cpu_count()} CPU(s), {threads} thread(s)\n"
+        f"(60 tokens), {CHUNK} samples per vmapped pass; one run of each route, each in its own "
+        f"process; {threads} torch thread(s)\n{machine_line()}\n"
     )
-    print(
-        "| model | parameters | route | time (s) | peak RSS above start (GiB) "
-        "| time / Gram | peak / Gram | confusion |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
     gram = {r["model"]: r for r in rows if r["route"] == "Gram (dtlens)"}
+    cells = []
     for r in rows:
-        head = f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['route']} |"
+        head = [r["model"], f"{r['params'] / 1e6:.1f} M", r["route"]]
         if "skipped" in r:
-            print(f"{head} skipped: {r['skipped']} | | | | |")
+            cells.append([*head, f"skipped: {r['skipped']}", "", "", "", ""])
             continue
         g = gram[r["model"]]
-        print(
-            f"{head} {r['seconds']:.1f} | {r['peak_gib']:.2f} | "
-            f"{r['seconds'] / g['seconds']:.2f} | {r['peak_gib'] / g['peak_gib']:.2f} | "
-            f"{r['confusion']:.6f} |"
-        )
+        cells.append([
+            *head, f"{r['seconds']:.1f}", f"{r['peak_gib']:.2f}",
+            f"{r['seconds'] / g['seconds']:.2f}", f"{r['peak_gib'] / g['peak_gib']:.2f}",
+            f"{r['confusion']:.6f}",
+        ])  # fmt: skip
+    headers = ["model", "parameters", "route", "time (s)", "peak RSS above start (GiB)",
+               "time / Gram", "peak / Gram", "confusion"]  # fmt: skip
+    print(markdown_table(headers, cells))
 
 
 if __name__ == "__main__":

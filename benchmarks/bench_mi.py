@@ -11,13 +11,22 @@ The critic methods run a fixed budget of Adam steps (see CRITIC), not the paper'
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dtlens.diagnostics.mutual_info import estimate, gaussian_mi, random_gaussian_cov
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine_line, markdown_table, timed  # noqa: E402
+from dtlens.diagnostics.mutual_info import (  # noqa: E402
+    estimate,
+    gaussian_mi,
+    random_gaussian_cov,
+)
 
 #: (label, method, options). MINE keeps the paper's 3 x 400 critic, lr 1e-4 and batch 50.
 ESTIMATORS: list[tuple[str, str, dict[str, Any]]] = [
@@ -57,24 +66,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for label, method, options in ESTIMATORS:
             if args.quick and method in ("mine", "infonce"):
                 options = options | {"iterations": 2}
-            start = time.perf_counter()
-            value = estimate(x, y, method=method, **options).value
-            seconds = time.perf_counter() - start
+            seconds, result = timed(partial(estimate, x, y, method=method, **options))
+            value = result.value
             error = value - true if true == 0 else (value - true) / true
             rows.append({"case": case, "true": true, "estimator": label, "value": value,
                          "error": error, "relative": true != 0, "seconds": seconds})  # fmt: skip
 
     labels = [label for label, _, _ in ESTIMATORS]
-    print(f"\nMI estimates, n = {n}: value (relative error, or absolute where I = 0), time\n")
-    print("| case | true (nats) | " + " | ".join(labels) + " |")
-    print("|---" * (len(labels) + 2) + "|")
+    print(
+        f"\nMI estimates, n = {n}: value (relative error, or absolute where I = 0), time of one "
+        f"run\n{machine_line()}\n"
+    )
+    table = []
     for case in dict.fromkeys(r["case"] for r in rows):
         cells = []
         for r in (r for r in rows if r["case"] == case):
             err = f"{r['error']:+.1%}" if r["relative"] else f"{r['error']:+.3f}"
             cells.append(f"{r['value']:.3f} ({err}) {r['seconds']:.2g}s")
         true = next(r["true"] for r in rows if r["case"] == case)
-        print(f"| {case} | {true:.3f} | " + " | ".join(cells) + " |")
+        table.append([case, f"{true:.3f}", *cells])
+    print(markdown_table(["case", "true (nats)", *labels], table))
     return rows
 
 

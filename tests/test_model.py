@@ -218,3 +218,14 @@ def test_attached_hooks_switch_to_the_hooked_path(tiny_dt):
     assert len(seen) == 1
     torch.testing.assert_close(out, tiny_dt(s, a, r, t, m), atol=1e-5, rtol=1e-5)
     assert not tiny_dt._backbone_hooked()  # run_with_hooks removed its hook
+
+
+def test_a_deep_copy_drops_out_by_its_own_mode(tiny_cfg):
+    import copy
+
+    dt = DecisionTransformer(tiny_cfg.replace(resid_dropout=0.5, attn_dropout=0.5), seed=0)
+    dt.fast_path = False
+    dt.train()
+    twin = copy.deepcopy(dt).eval()
+    s, a, r, t, m = dt_inputs(dt.cfg)
+    torch.testing.assert_close(twin(s, a, r, t, m), twin(s, a, r, t, m))

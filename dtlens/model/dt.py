@@ -9,10 +9,12 @@ so the TransformerLens blocks stay unmodified and eval mode is dropout-free.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule, HookedTransformer
@@ -45,8 +47,7 @@ class DecisionTransformer(HookedRootModule):
         if backbone is not None:
             self.load_backbone(backbone)
         self.embed_dropout = nn.Dropout(cfg.embed_dropout)
-        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
-        self.attn_dropout = nn.Dropout(cfg.attn_dropout)
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout)  # for the fused path
 
         self.hook_return_embed = HookPoint()  # [batch, step, d_model]
         self.hook_state_embed = HookPoint()  # [batch, step, d_model]
@@ -74,18 +75,20 @@ class DecisionTransformer(HookedRootModule):
                     p.copy_(theirs[name])
 
     def _add_dropout_hooks(self) -> None:
-        def drop(module: nn.Dropout):
-            return lambda x, hook: module(x)
+        """Dropout at GPT-2's places, as permanent hooks following their hook point's mode."""
+
+        def drop(p: float):
+            return lambda x, hook: F.dropout(x, p, training=hook.training)
 
         self._dropout_hooks: dict[str, int] = {}
         for i in range(self.cfg.n_layers):
             blk = f"backbone.blocks.{i}"
-            for name, module in (
-                (f"{blk}.attn.hook_pattern", self.attn_dropout),
-                (f"{blk}.hook_attn_out", self.resid_dropout),
-                (f"{blk}.hook_mlp_out", self.resid_dropout),
+            for name, p in (
+                (f"{blk}.attn.hook_pattern", self.cfg.attn_dropout),
+                (f"{blk}.hook_attn_out", self.cfg.resid_dropout),
+                (f"{blk}.hook_mlp_out", self.cfg.resid_dropout),
             ):
-                self.add_perma_hook(name, drop(module))
+                self.add_perma_hook(name, drop(p))
                 self._dropout_hooks[name] = 1
 
     # -- forward -------------------------------------------------------------------------------
@@ -139,6 +142,15 @@ class DecisionTransformer(HookedRootModule):
             return fused_blocks(self.backbone, x, mask, self.cfg.attn_dropout, self.resid_dropout)
         x = self.backbone(x, start_at_layer=0, stop_at_layer=self.cfg.n_layers, attention_mask=mask)
         return self.backbone.ln_final(x)
+
+    def __deepcopy__(self, memo: dict) -> DecisionTransformer:
+        """A copy with the same config, weights, mode and fast-path switch and its own dropout
+        hooks (copied hooks would still call into this model's hook points); user hooks are not
+        carried over."""
+        twin = DecisionTransformer(self.cfg)
+        twin.load_state_dict(copy.deepcopy(self.state_dict(), memo))
+        twin.fast_path = self.fast_path
+        return twin.train(self.training).to(self.device)
 
     @contextmanager
     def hooked_path(self) -> Iterator[None]:

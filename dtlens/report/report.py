@@ -70,6 +70,12 @@ class Study:
         i = finite[np.argmax(scores[finite])] if best else finite[-1]
         return float(scores[i]), float(ds.score_std.values[i])
 
+    def figures(self, doc: Doc, name: str, caption: str) -> None:
+        """`figures/{name}.png` of each init's main run; `caption` has a {} for the init."""
+        for who in ROLES:
+            if run := self.main(who):
+                doc.figure(run / "figures" / f"{name}.png", caption.format(who), self.root)
+
     def diag(self, run: Path | None, name: str) -> xr.Dataset | None:
         return _open(run / "diagnostics" / f"{name}.nc") if run else None
 
@@ -168,10 +174,7 @@ def _cka(doc: Doc, s: Study) -> list[str]:
     holds = None
     if {"random", "language"} <= set(means):
         holds = means["language"] < means["random"]
-    for who in ROLES:
-        run = s.main(who)
-        if run:
-            doc.figure(run / "figures" / "cka.png", f"CKA, {who} init, epoch 0 vs last", s.root)
+    s.figures(doc, "cka", "CKA, {} init, epoch 0 vs last")
     text = ", ".join(f"{k} {v:.2f}" for k, v in means.items())
     doc.p(f"Mean diagonal CKA: {text}. {_holds(holds)} (language-pretrained below random).")
     return ["1. CKA", "pretrained < random", f"{text}: {_holds(holds)}"]
@@ -199,10 +202,7 @@ def _mi(doc: Doc, s: Study) -> list[str]:
         "Nats, mean over blocks and token types (± mean std over estimator seeds), held-out "
         "estimates; see each run's `diagnostics/mutual_info.nc` for every block."
     )
-    for who in ROLES:
-        run = s.main(who)
-        if run:
-            doc.figure(run / "figures" / "mutual_info.png", f"MI, {who} init", s.root)
+    s.figures(doc, "mutual_info", "MI, {} init")
     holds = means["language"] < means["random"] if {"random", "language"} <= set(means) else None
     text = ", ".join(f"{k} {v:.2f}" for k, v in means.items())
     doc.p(f"Mean MI: {text}. {_holds(holds)} (language-pretrained below random).")
@@ -222,10 +222,7 @@ def _weights(doc: Doc, s: Study) -> list[str]:
         rel[who] = float(b.relative)
         rows.append([who, float(b.cosine), float(b.relative), float(b.l2)])
     doc.table(["init", "cosine (backbone)", "relative change", "L2 distance"], rows)
-    for who in ROLES:
-        run = s.main(who)
-        if run:
-            doc.figure(run / "figures" / "weights.png", f"weight change, {who} init", s.root)
+    s.figures(doc, "weights", "weight change, {} init")
     holds = rel["language"] < rel["random"] if {"random", "language"} <= set(rel) else None
     text = ", ".join(f"{k} {v:.3f}" for k, v in rel.items())
     doc.p(f"Relative change of all backbone weights: {text}. {_holds(holds)}.")
@@ -276,10 +273,7 @@ def _gradients(doc: Doc, s: Study) -> list[str]:
                 ["no clipping", float(b.action_error[-1]), s.final_score(image_nc)[0]],
             ],
         )
-    for who in ROLES:
-        run = s.main(who)
-        if run:
-            doc.figure(run / "figures" / "gradients.png", f"gradients, {who} init", s.root)
+    s.figures(doc, "gradients", "gradients, {} init")
     holds = None
     if len(share) == 3:
         holds = share["image"] >= 0.5 and share["image"] == max(share.values())

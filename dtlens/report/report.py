@@ -199,8 +199,9 @@ def _mi(doc: Doc, s: Study) -> list[str]:
     if rows:
         doc.table(["init", *quantities, "diverged runs"], rows)
     doc.p(
-        "Nats, mean over blocks and token types (± mean std over estimator seeds), held-out "
-        "estimates; see each run's `diagnostics/mutual_info.nc` for every block."
+        "Nats, mean over blocks and token types (± mean std over estimator seeds; KSG by "
+        "default, MINE held-out with `dtlens mutual-info --method mine`); see each run's "
+        "`diagnostics/mutual_info.nc` for every block."
     )
     s.figures(doc, "mutual_info", "MI, {} init")
     holds = means["language"] < means["random"] if {"random", "language"} <= set(means) else None

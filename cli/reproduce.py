@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def reproduce_cmd(
         min(2, os.cpu_count() or 1), help="Parallel runs on a dask LocalCluster (1 = in process)."
     ),
     scheduler: str = typer.Option(None, help="Address of an existing dask scheduler."),
+    device: str = typer.Option("auto", help="cpu, cuda, ... (auto: cuda when available)."),
 ) -> None:
     """The whole study in one command: datasets, backbones, runs, diagnostics, report."""
     from dtlens.errors import DtlensError
@@ -36,6 +38,11 @@ def reproduce_cmd(
         chosen = presets.paper(gpt2, imagegpt, d4rl_dir)
     else:
         raise DtlensError(f"unknown preset {preset!r}: expected mini or paper")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = dataclasses.replace(chosen, train=chosen.train.replace(device=device))
     report = reproduce(chosen, out, workers, scheduler, log=console.print)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
 

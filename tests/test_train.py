@@ -208,3 +208,11 @@ def test_checkpoint_loading_checks_config(hopper_file, tmp_path):
         load_model(run.checkpoint_path(1), expected=other)
     with pytest.raises(DtlensError, match=r"no checkpoint for epoch\(s\) \[7\]"):
         Run(run.path).load_model(7)
+
+
+def test_config_differences_ignore_what_a_continued_run_may_change():
+    from dtlens.train.config import TrainConfig
+
+    base = TrainConfig()
+    assert base.differences(base.replace(epochs=80, device="cuda")) == []
+    assert base.differences(base.replace(seed=1, lr=3e-4)) == ["lr", "seed"]

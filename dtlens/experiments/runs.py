@@ -40,8 +40,7 @@ def run_status(path: Path, cfg: TrainConfig) -> str:
 
     run = Run(path)
     saved = TrainConfig.from_dict(run.config["train"])
-    if saved.replace(epochs=cfg.epochs) != cfg:
-        diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+    if diff := saved.differences(cfg):
         raise DtlensError(f"{path}: holds a run of another config (differs in {diff})")
     epochs = run.epochs()
     state = path / "state.safetensors"

@@ -70,5 +70,10 @@ class TrainConfig:
             raise DtlensError(f"unknown train config fields: {sorted(set(d) - known)}")
         return cls(**d)
 
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Fields that differ, except those a continued run may change: epochs, device."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in ("epochs", "device") and a[k] != b[k]]
+
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

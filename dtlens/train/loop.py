@@ -174,8 +174,7 @@ def _prepare_folder(cfg: TrainConfig, out: Path, dataset: OfflineDataset, resume
         saved = TrainConfig.from_dict(run.config["train"])
         if not resume:
             raise DtlensError(f"{out}: a run already exists here; use --resume or another folder")
-        if saved.replace(epochs=cfg.epochs) != cfg:
-            diff = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        if diff := saved.differences(cfg):
             raise DtlensError(f"{out}: --resume on a run of another config (differs in {diff})")
         save_json(run.config | {"train": cfg.to_dict()}, out / "config.json")  # epochs may grow
         return _last_complete_epoch(run)
@@ -254,7 +253,9 @@ def _load_state(out: Path, model, optimizer, epoch: int) -> np.random.Generator:
     for key, value in tensors.items():
         if key.startswith("opt/"):
             _, _, name, field = key.split("/", 3)
-            optimizer.state[params[name]][field] = value
+            # AdamW keeps its step count on the CPU; the moments live beside their parameter
+            device = "cpu" if field == "step" else params[name].device
+            optimizer.state[params[name]][field] = value.to(device)
     rng = np.random.default_rng()
     rng.bit_generator.state = meta["rng"]
     return rng

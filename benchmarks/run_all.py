@@ -57,6 +57,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["--quick", "--models", "2 x 64"],
     ),
     "bench_mi.py": ("Mutual information estimators", [], ["--quick"]),
+    "bench_cli_startup.py": ("CLI start-up", [], ["--quick"]),
 }
 
 

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: user errors become one line on stderr and exit code 1."""
+"""Shared CLI plumbing: user errors and file system errors become one line on stderr, exit 1."""
 
 from __future__ import annotations
 
@@ -17,17 +17,31 @@ err_console = Console(stderr=True)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a DtlensError raised by `fn` into `error: <message>` and exit 1."""
+    """Turn a DtlensError raised by `fn` into `error: <message>`, an OSError (permissions, disk
+    full, ...) into `error: <path>: <strerror>`, and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DtlensError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            message = str(e)
+        except OSError as e:
+            message = os_error_message(e)
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
     return wrapper
+
+
+def os_error_message(e: OSError) -> str:
+    """'<path>: <strerror>' ('<path> -> <path2>: ...' for a rename), or the error's own text."""
+    if e.strerror is None:
+        return str(e)
+    if e.filename is None:
+        return e.strerror
+    path = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return f"{path}: {e.strerror}"
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -43,3 +57,8 @@ def parse_int_list(text: str) -> list[int]:
 
 def is_interactive() -> bool:
     return sys.stderr.isatty()
+
+
+def flag(default: bool, *decls: str, help: str) -> Any:
+    """A boolean option shown without a value placeholder (Typer 0.29 prints `<bool>`)."""
+    return typer.Option(default, *decls, help=help, metavar="")

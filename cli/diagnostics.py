@@ -1,14 +1,18 @@
-"""`dtlens cka` and `dtlens weight-change`: the paper's representation and weight analyses."""
+"""`dtlens cka` and `dtlens weight-change`: the paper's representation and weight analyses.
+
+Both read RUN/checkpoints (CKA also reuses or makes RUN/captures) and write
+RUN/diagnostics/NAME.nc and RUN/figures/NAME.png.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from cli.common import console, parse_int_list, user_errors
+from cli.common import flag, parse_int_list, user_errors
 from cli.main import app
+from cli.render import run_diagnostic
 
 
 @app.command("cka")
@@ -20,35 +24,31 @@ def cka_cmd(
         "0,-1", help="Epoch of RUN and of RUN_B (or RUN again); one value: both (-1 = last)."
     ),
     kernel: str = typer.Option("linear", help="linear or rbf."),
-    debiased: bool = typer.Option(True, "--debiased/--biased", help="Unbiased HSIC (the paper)."),
-    embed: bool = typer.Option(True, help="Include the embedding output as layer 'embed'."),
-    paper_variant: bool = typer.Option(
+    debiased: bool = flag(True, "--debiased/--biased", help="Unbiased HSIC (the paper)."),
+    embed: bool = flag(True, help="Include the embedding output as layer 'embed'."),
+    paper_variant: bool = flag(
         False, "--paper-variant", help="Also the released code's [:, :, idx] indexing."
     ),
 ) -> None:
-    """Layer x layer CKA (epoch 0 vs last by default); prints layer i vs layer i."""
-    from dtlens.diagnostics.layer_cka import diagonal, layer_labels, run_layer_cka
-    from dtlens.errors import DtlensError
+    """Layer x layer CKA (epoch 0 vs last by default); prints layer i vs layer i.
+
+    Writes RUN/diagnostics/cka.nc and RUN/figures/cka.png (cka-vs-RUN_B.* for two runs)."""
     from dtlens.train.run import Run
 
-    values = parse_int_list(epochs)
-    if len(values) not in (1, 2):
-        raise DtlensError(f"--epochs takes one or two epochs, got {values}")
     a = Run(run)
     b = a if run_b is None else Run(run_b)
-    ds, nc, png = run_layer_cka(a, values[0], b, values[-1], kernel, debiased, embed, paper_variant)
-    for variant in ds["variant"].values:
-        diag = diagonal(ds, str(variant))
-        table = Table(
-            "layer",
-            *diag["token_type"].values,
-            title=f"CKA {variant}: {ds.attrs['run_a']} epoch {ds.attrs['epoch_a']} vs "
-            f"{ds.attrs['run_b']} epoch {ds.attrs['epoch_b']} (same layer)",
-        )
-        for label, row in zip(layer_labels(diag["layer"].values), diag.values.T, strict=True):
-            table.add_row(label, *(f"{v:.3f}" for v in row))
-        console.print(table)
-    console.print(f"wrote {nc}, {png}", highlight=False)
+    two = b.path.resolve() != a.path.resolve()
+    run_diagnostic(
+        "cka",
+        a,
+        stem=f"cka-vs-{b.name}" if two else None,
+        epochs=parse_int_list(epochs),
+        other=b,
+        kernel=kernel,
+        debiased=debiased,
+        embed=embed,
+        paper_variant=paper_variant,
+    )
 
 
 @app.command("weight-change")
@@ -57,28 +57,9 @@ def weight_change_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     epochs: str = typer.Option("0,-1", help="Two epochs, before and after (-1 = last)."),
 ) -> None:
-    """Per-tensor L2 distance, relative change and cosine between two epochs' weights."""
-    from dtlens.diagnostics.weights import aggregate, run_weight_change
+    """Per-tensor L2 distance, relative change and cosine between two epochs' weights.
+
+    Writes RUN/diagnostics/weights.nc and RUN/figures/weights.png."""
     from dtlens.train.run import Run
 
-    ds, nc, png = run_weight_change(Run(run), parse_int_list(epochs))
-    agg = aggregate(ds, "block")
-    table = Table(
-        "block",
-        "parameters",
-        "L2 distance",
-        "relative",
-        "cosine",
-        title=f"weight change of {ds.attrs['run']}: epoch {ds.attrs['epoch_before']} -> "
-        f"{ds.attrs['epoch_after']}",
-    )
-    for i, block in enumerate(agg["block"].values):
-        table.add_row(
-            "outside blocks" if block == -1 else str(block),
-            str(int(agg["numel"].values[i])),
-            f"{agg['l2'].values[i]:.4g}",
-            f"{agg['relative'].values[i]:.4g}",
-            f"{agg['cosine'].values[i]:.6f}",
-        )
-    console.print(table)
-    console.print(f"wrote {nc}, {png}", highlight=False)
+    run_diagnostic("weights", Run(run), epochs=parse_int_list(epochs))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli.common import console, user_errors
+from cli.common import console, flag, user_errors
 from cli.main import app
 
 model_app = typer.Typer(help="Inspect backbones and Decision Transformers.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def info(
     imagegpt_norm: str = typer.Option(
         "rms", help="rms (ImageGPT as published) or layernorm (the paper code's GPT2Model loading)"
     ),
-    hooks: bool = typer.Option(True, help="List the hook names."),
+    hooks: bool = flag(True, help="List the hook names."),
 ) -> None:
     """Layers, width, heads, parameters, norm, activation and hook names of a model."""
     from dtlens.model.summary import describe

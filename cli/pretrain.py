@@ -9,8 +9,7 @@ from rich.table import Table
 
 from cli.common import console, user_errors
 from cli.main import app
-from dtlens.pretrain import image, text
-from dtlens.pretrain.loop import Result
+from dtlens.pretrain import STEPS
 
 pretrain_app = typer.Typer(
     help="Pretrain the mini preset's tiny language (text) and image backbones.",
@@ -29,26 +28,30 @@ OUT = typer.Option(
 @pretrain_app.command("text")
 @user_errors
 def text_cmd(
-    steps: int = typer.Option(text.STEPS, min=1, help="Optimiser steps."),
+    steps: int = typer.Option(STEPS["text"], min=1, help="Optimiser steps."),
     seed: int = SEED,
     out: Path | None = OUT,
 ) -> None:
     """GPT-2 family (LayerNorm, gelu_new), characters of Python's documentation topics."""
+    from dtlens.pretrain import text
+
     console.print(summary("text", text.build(steps=steps, seed=seed, out=out)))
 
 
 @pretrain_app.command("image")
 @user_errors
 def image_cmd(
-    steps: int = typer.Option(image.STEPS, min=1, help="Optimiser steps."),
+    steps: int = typer.Option(STEPS["image"], min=1, help="Optimiser steps."),
     seed: int = SEED,
     out: Path | None = OUT,
 ) -> None:
     """ImageGPT family (RMS norm, quick_gelu), pixels of scikit-learn's 8x8 digits."""
+    from dtlens.pretrain import image
+
     console.print(summary("image", image.build(steps=steps, seed=seed, out=out)))
 
 
-def summary(kind: str, result: Result) -> Table:
+def summary(kind: str, result) -> Table:
     m = result.meta
     gain = m["unigram_loss"] - m["heldout_loss"]
     table = Table(title=f"pretrained {kind} backbone", show_header=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -26,24 +25,16 @@ def reproduce_cmd(
     scheduler: str = typer.Option(None, help="Address of an existing dask scheduler."),
     device: str = typer.Option("auto", help="cpu, cuda, ... (auto: cuda when available)."),
 ) -> None:
-    """The whole study in one command: datasets, backbones, runs, diagnostics, report."""
-    from dtlens.errors import DtlensError
+    """The whole study in one command: datasets, backbones, runs, diagnostics, report.
+
+    Writes OUT/reproduce.json, OUT/<dataset>/runs/<run>/ (each with diagnostics/ and figures/),
+    OUT/<dataset>/{diagnostics,figures}/ for the studies across runs, and OUT/report.{md,html}."""
     from dtlens.experiments import presets
     from dtlens.experiments.reproduce import reproduce
+    from dtlens.report.report import write_report
 
-    if preset == "mini":
-        chosen = presets.mini()
-    elif preset == "paper":
-        presets.check_paper_inputs(gpt2, imagegpt, d4rl_dir)
-        chosen = presets.paper(gpt2, imagegpt, d4rl_dir)
-    else:
-        raise DtlensError(f"unknown preset {preset!r}: expected mini or paper")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = dataclasses.replace(chosen, train=chosen.train.replace(device=device))
-    report = reproduce(chosen, out, workers, scheduler, log=console.print)
+    chosen = presets.get(preset, gpt2, imagegpt, d4rl_dir, device)
+    report = write_report(reproduce(chosen, out, workers, scheduler, log=console.print))
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
 
 
@@ -51,10 +42,9 @@ def reproduce_cmd(
 @user_errors
 def report_cmd(out: Path = typer.Argument(..., help="A reproduction folder.")) -> None:
     """Rebuild report.md and report.html from a reproduction's saved results."""
+    from dtlens.errors import DtlensError
     from dtlens.report.report import write_report
 
     if not (out / "reproduce.json").is_file():
-        from dtlens.errors import DtlensError
-
         raise DtlensError(f"{out}: not a reproduction folder (no reproduce.json)")
     console.print(f"report: {write_report(out)}")

@@ -1,4 +1,7 @@
-"""`dtlens train`: fine-tune a Decision Transformer and write a run folder."""
+"""`dtlens train`: fine-tune a Decision Transformer and write a run folder.
+
+Options come from `dtlens.train.config.TrainConfig` (defaults, flags and help in one place).
+"""
 
 from __future__ import annotations
 
@@ -7,77 +10,47 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, is_interactive, user_errors
+from cli.common import console, flag, is_interactive, user_errors
+from cli.config_options import config_options
 from cli.main import app
+from dtlens.model.config import MINI, BackboneConfig
+from dtlens.train.config import TrainConfig
+
+#: TrainConfig fields that are one CLI option each (`size` is --layers/--d-model/--heads).
+TRAIN_OPTIONS = [
+    f
+    for f in TrainConfig.__dataclass_fields__
+    if f not in ("size", "probe_size", "probe_seed", "rtg_scale", "max_ep_len")
+]
 
 
 @app.command("train")
 @user_errors
+@config_options(TrainConfig, TRAIN_OPTIONS)
 def train_cmd(
+    config: dict,
     out: Path = typer.Option(
         ..., "--out", help="Run folder to create (or continue with --resume)."
     ),
-    init: str = typer.Option(
-        "random",
-        help="random, random-paper, gpt2, imagegpt, text, image, "
-        "an HF directory or a dtlens .safetensors file.",
+    no_clip: bool = flag(
+        False, "--no-clip", help="Do not clip gradients (the norm is still logged)."
     ),
-    dataset: str = typer.Option(
-        "mini/hopper-medium", help="Embedded id, D4RL .hdf5, or Minari id."
+    layers: int = typer.Option(MINI.n_layers, help="Random init: blocks."),
+    d_model: int = typer.Option(MINI.d_model, help="Random init: width (d_mlp = 4 x d_model)."),
+    heads: int = typer.Option(MINI.n_heads, help="Random init: heads."),
+    resume: bool = flag(
+        False, "--resume", help="Continue from the last complete epoch (same config)."
     ),
-    env_id: str = typer.Option(None, help="Gymnasium env for evaluation (default: the dataset's)."),
-    context: int = typer.Option(20, "--context", help="K timesteps per window (1 = no context)."),
-    replace_block: int = typer.Option(None, help="Random-init DT with this block from --donor."),
-    donor: str = typer.Option(None, help="Init that donates the block (with --replace-block)."),
-    no_clip: bool = typer.Option(
-        False, "--no-clip", help="Do not clip gradients (norm still logged)."
-    ),
-    clip: float = typer.Option(0.25, help="Gradient-norm clip value."),
-    epochs: int = typer.Option(40),
-    steps: int = typer.Option(2500, "--steps", help="Steps per epoch."),
-    batch_size: int = typer.Option(64),
-    lr: float = typer.Option(1e-4),
-    weight_decay: float = typer.Option(1e-4),
-    warmup: int = typer.Option(5000, help="Linear warm-up steps."),
-    seed: int = typer.Option(666),
-    eval_episodes: int = typer.Option(10, help="Evaluation episodes per epoch (0 = none)."),
-    eval_every: int = typer.Option(1, help="Evaluate every N epochs (and after the last)."),
-    eval_max_steps: int = typer.Option(1000),
-    target_return: float = typer.Option(None, help="Return-to-go target (default: per env)."),
-    imagegpt_norm: str = typer.Option("rms", help="rms, or layernorm for the paper's quirk."),
-    layers: int = typer.Option(3, help="Random init: blocks."),
-    d_model: int = typer.Option(128, help="Random init: width."),
-    heads: int = typer.Option(4, help="Random init: heads."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
-    device: str = typer.Option("cpu"),
 ) -> None:
-    """Fine-tune a DT (paper defaults) and write config, checkpoints and metrics to --out."""
-    from dtlens.model.config import BackboneConfig
-    from dtlens.train.config import TrainConfig
+    """Fine-tune a DT (paper defaults) and write config, checkpoints and metrics to --out.
+
+    Writes OUT/config.json, OUT/checkpoints/epoch-NNNN.safetensors, OUT/probe.safetensors and
+    OUT/metrics.nc; the diagnostics commands then write OUT/diagnostics and OUT/figures."""
     from dtlens.train.loop import train
 
+    size = BackboneConfig(n_layers=layers, d_model=d_model, n_heads=heads, d_mlp=4 * d_model)
     cfg = TrainConfig(
-        init=init,
-        dataset=dataset,
-        env_id=env_id,
-        context_len=context,
-        replace_block=replace_block,
-        donor=donor,
-        grad_clip=None if no_clip else clip,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_steps=warmup,
-        seed=seed,
-        eval_episodes=eval_episodes,
-        eval_every=eval_every,
-        eval_max_steps=eval_max_steps,
-        target_return=target_return,
-        imagegpt_norm=imagegpt_norm,
-        size=BackboneConfig(n_layers=layers, d_model=d_model, n_heads=heads, d_mlp=4 * d_model),
-        device=device,
+        **(config | {"grad_clip": None if no_clip else config["grad_clip"]}), size=size
     )
     run = train(cfg, out, resume=resume, progress=is_interactive())
     print_summary(run)
@@ -89,10 +62,10 @@ def print_summary(run) -> None:
 
     with xr.open_dataset(run.path / "metrics.nc") as ds:
         ds = ds.load()
-    t = run.config["train"]
+    t = run.train_config
     console.print(
-        f"[bold]{run.path}[/]: init {t['init']}, dataset {t['dataset']}, K={t['context_len']}, "
-        f"{len(ds.epoch)} epochs x {t['steps_per_epoch']} steps, seed {t['seed']}"
+        f"[bold]{run.path}[/]: init {t.init}, dataset {t.dataset}, K={t.context_len}, "
+        f"{len(ds.epoch)} epochs x {t.steps_per_epoch} steps, seed {t.seed}"
     )
     table = Table("epoch", "action MSE", "return", "normalized score", "s/epoch")
     for i, e in enumerate(ds.epoch.values):

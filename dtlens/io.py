@@ -1,10 +1,17 @@
-"""Atomic writes: every file dtlens saves appears whole or not at all."""
+"""Atomic writes: every file dtlens saves appears whole or not at all.
+
+A write goes to `.NAME.PID@HOST.tmp` beside its target, then is renamed over it. A write that is
+killed leaves that file behind; the next write to the same target removes it once its pid is dead.
+"""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
-import tempfile
+import re
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,8 +22,37 @@ from safetensors.torch import load_file, save_file
 
 from dtlens.errors import DtlensError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+HOST = socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+def temp_path(path: str | os.PathLike, pid: int | None = None) -> Path:
+    """The temporary file a write of `path` by process `pid` (default: this one) goes through."""
+    path = Path(path)
+    return path.parent / f".{path.name}.{os.getpid() if pid is None else pid}@{HOST}.tmp"
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of writes of `path` by dead processes of this host."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)@{re.escape(HOST)}\.tmp")
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = pattern.fullmatch(tmp.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextmanager
@@ -24,15 +60,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)  # a leftover of an earlier process that had our pid
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
@@ -46,6 +81,23 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     return write_atomic(
         path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     )
+
+
+_SHA256: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, cached per (path, inode, size, mtime) within the process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
 
 
 def load_json(path: str | os.PathLike) -> Any:

@@ -5,10 +5,15 @@ import torch
 from dtlens.diagnostics.attention import (
     attention_distance,
     attention_distance_paper_variant,
+    change_of_mean,
     paper_variant_from_qk,
     per_query_distance,
+    per_sample_change,
 )
+from dtlens.diagnostics.attention_run import DIAGNOSTIC, attention_distances
 from dtlens.errors import DtlensError
+from dtlens.train.loop import train
+from tests.conftest import tiny_train_config
 
 T = 6
 
@@ -135,3 +140,47 @@ def test_paper_variant_on_tiny_examples():
         attention_distance_paper_variant(w[:, :8], b, hidden)
     with pytest.raises(DtlensError, match="share"):
         paper_variant_from_qk(qkv[..., :4], qkv[..., 4:7])
+
+
+def test_change_of_the_mean_against_the_per_sample_change():
+    # two samples moving opposite ways: the mean stays put, each sample moves by 2
+    d0, de = np.array([1.0, 3.0]), np.array([3.0, 1.0])
+    assert change_of_mean(de, d0) == pytest.approx(0.0)
+    np.testing.assert_allclose(per_sample_change(de, d0), [2.0, 2.0])
+    # moving the same way: the two agree (1 and 2, mean 1.5)
+    de = np.array([2.0, 5.0])
+    assert change_of_mean(de, d0) == pytest.approx(1.5)
+    assert per_sample_change(de, d0).mean() == pytest.approx(1.5)
+    # (sample, layer): per layer; torch in works too
+    d0 = np.array([[1.0, 0.0], [3.0, 0.0]])
+    de = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
+    np.testing.assert_allclose(change_of_mean(de, d0), [0.0, 1.5])
+    np.testing.assert_allclose(per_sample_change(de, d0).mean(0), [2.0, 1.5])
+    with pytest.raises(DtlensError, match="shape"):
+        per_sample_change(de[:1], d0)
+
+
+@pytest.fixture(scope="module")
+def k1_run(hopper_file, tmp_path_factory):
+    cfg = tiny_train_config(hopper_file, epochs=2, eval_episodes=0, context_len=1, probe_size=6)
+    return train(cfg, tmp_path_factory.mktemp("att") / "run", progress=False)
+
+
+def test_run_paper_change_is_per_sample(k1_run, tmp_path):
+    ds = attention_distances(k1_run, epochs=[0, 2], context_len=4, paper_variant=True)
+    assert ds["paper_change"].dims == ("epoch", "sample", "layer")
+    assert ds.sizes["sample"] == 6 and ds.sizes["layer"] == 2
+    pd = ds["paper_distance"]
+    np.testing.assert_allclose(ds["paper_change"], abs(pd - pd.isel(epoch=0)))
+    np.testing.assert_allclose(ds["paper_change_mean"], ds["paper_change"].mean("sample"))
+    np.testing.assert_allclose(ds["change"].isel(epoch=0), 0.0)
+    of_mean = abs(pd.mean("sample") - pd.isel(epoch=0).mean("sample")).isel(epoch=-1)
+    last = ds["paper_change_mean"].isel(epoch=-1)
+    assert (last >= of_mean - 1e-12).all() and (last > of_mean + 1e-9).any()
+    table = DIAGNOSTIC.summary(ds)
+    assert table.header[-2:] == ["paper |change|, mean", "paper |change|, median"]
+    assert table.rows[0][-2] == pytest.approx(float(last.isel(layer=0)))
+    assert DIAGNOSTIC.plot(ds, tmp_path / "a.png").stat().st_size > 0
+    plain = attention_distances(k1_run, epochs=[0, 2], context_len=4)
+    assert "paper_change" not in plain and len(DIAGNOSTIC.summary(plain).header) == 4
+    np.testing.assert_allclose(plain["change"], ds["change"])

@@ -54,7 +54,11 @@ def test_cka_and_mi_quick():
     cka = bench_cka.main(["--quick", "--repeats", "1"])
     assert cka[0]["max_abs_diff"] < 1e-8
     mi = bench_mi.main(["--quick"])
-    assert {r["estimator"] for r in mi} >= {"ksg (default)", "gaussian"}
+    assert {r["estimator"] for r in mi} == {"gcmi", "gaussian", "ksg", "mine paper"}
+    assert {(r["shape"], r["n"]) for r in mi} == {("11 x 128", 100), ("11 x 128", 1000)}
+    assert not any(r["estimator"] == "ksg" and r["n"] == 100 for r in mi)  # n <= dx + dy: n/a
+    assert all(r["null"] is not None for r in mi if r["case"] == "independent"
+               and r["estimator"] in ("gcmi", "mine paper"))  # fmt: skip
 
 
 @pytest.mark.slow

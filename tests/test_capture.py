@@ -104,6 +104,7 @@ def test_streaming_equals_in_memory_and_sample_is_unlimited(run, tmp_path):
     )
     with load_capture(tmp_path / "memory.nc") as a, load_capture(tmp_path / "stream.nc") as b:
         xr.testing.assert_identical(a.load(), b.load())
+        assert b.attrs["samples"] == 6
     with netCDF4.Dataset(tmp_path / "stream.nc") as nc:
         assert nc.dimensions["sample"].isunlimited()
         assert len(nc.dimensions["sample"]) == 6

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -221,6 +223,26 @@ def test_info_table(tmp_path):
     assert result.exit_code == 0, result.output
     for text in ("episodes", "transitions", "normalized score", "Hopper-v5", "observation dim"):
         assert text in result.output
+    assert f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}\n" in result.output
+
+
+def test_compressed_write_is_lossless_and_byte_stable(tmp_path):
+    """Same arrays -> same bytes (no timestamps: the second write is a second later)."""
+    arrays = make_arrays((3000, 2000), ends=["terminal", None])
+    arrays["next_observations"] = arrays["observations"] + 1
+    meta = {"env_id": "Hopper-v5", "seed": 0}
+    first = write_d4rl(tmp_path / "a.hdf5", arrays, meta, compression=9)
+    time.sleep(1.1)
+    second = write_d4rl(tmp_path / "b.hdf5", arrays, meta, compression=9)
+    assert first.read_bytes() == second.read_bytes()
+    raw = write_d4rl(tmp_path / "raw.hdf5", arrays, meta)
+    assert first.stat().st_size < raw.stat().st_size
+    with h5py.File(first) as f:
+        assert f["observations"].compression == "gzip" and f["observations"].shuffle
+        assert f["observations"].chunks == (5000, 11)
+    ds = read_d4rl(first)
+    for key in ("observations", "next_observations", "actions", "rewards", "terminals"):
+        np.testing.assert_array_equal(getattr(ds, key), arrays[key])
 
 
 # --- scores -----------------------------------------------------------------------------
@@ -289,8 +311,6 @@ def test_sampling_weights_proportional_to_length():
 
 
 def test_sampling_shapes_and_speed():
-    import time
-
     ds = dataset((1000,) * 20)
     sampler = WindowSampler(ds, context_len=20)
     rng = np.random.default_rng(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +12,7 @@ from dtlens.data import load_dataset, read_d4rl, registry
 from dtlens.data.collect import behaviour_policy, collect
 from dtlens.data.policy import POLICY_DIR, MLPPolicy, evaluate_policy, load_policy
 from dtlens.errors import DtlensError
+from dtlens.io import load_json, save_json
 
 
 def test_collect_random_few_hundred():
@@ -53,17 +56,72 @@ def test_collect_bad_input():
         collect("Walker2d-v5", load_policy("hopper-medium"), 10)
 
 
-def test_embedded_id_collected_once_into_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DTLENS_CACHE", str(tmp_path))
-    spec = registry.EmbeddedSpec("Hopper-v5", "expert", transitions=200)
-    monkeypatch.setitem(registry.EMBEDDED, "mini/hopper-expert", spec)
-    ds = load_dataset("mini/hopper-expert")
-    assert len(ds) == 200 and ds.name == "mini/hopper-expert"
-    files = list(tmp_path.glob("*.hdf5"))
-    assert len(files) == 1
-    mtime = files[0].stat().st_mtime_ns
-    assert len(load_dataset("mini/hopper-expert", env_id="Hopper-v5")) == 200
-    assert files[0].stat().st_mtime_ns == mtime
+def test_rebuild_embedded_id_compares_with_shipped(tmp_path, monkeypatch):
+    """`data collect --id` against a tiny manifest built in tmp_path."""
+    from cli.data import data_app
+
+    assets, cache = tmp_path / "assets", tmp_path / "cache"
+    monkeypatch.setenv("DTLENS_CACHE", str(cache))
+    monkeypatch.setattr(registry, "ASSET_DIR", assets)
+    monkeypatch.setitem(
+        registry.EMBEDDED, "mini/hopper-expert", registry.EmbeddedSpec("Hopper-v5", "expert", 200)
+    )
+    cli = CliRunner()
+
+    def collect_id(*args: str) -> str:
+        result = cli.invoke(data_app, ["collect", "--id", "mini/hopper-expert", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = collect_id("--update-manifest")
+    assert "nothing shipped for mini/hopper-expert" in out and "updated the manifest" in out
+    shipped = assets / "hopper-expert.hdf5"
+    manifest = load_json(assets / "manifest.json")
+    entry = manifest["mini/hopper-expert"]
+    assert entry["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert entry["spec"]["transitions"] == 200 and entry["spec"]["policy_sha256"]
+    ds = load_dataset("mini/hopper-expert", env_id="Hopper-v5")
+    assert len(ds) == 200 and ds.stats() == entry["stats"] and ds.name == "mini/hopper-expert"
+
+    out = collect_id()  # a second collection, into the cache
+    rebuilt = cache / "datasets" / "mini-hopper-expert.hdf5"
+    assert rebuilt.read_bytes() == shipped.read_bytes()
+    assert f"sha256 {entry['sha256']}: identical to the shipped bytes" in out
+    assert "differs" not in out
+
+    manifest["mini/hopper-expert"]["sha256"] = "0" * 64
+    save_json(manifest, assets / "manifest.json")
+    out = collect_id("--out", str(tmp_path / "other.hdf5"))
+    assert "differs from the shipped hash " + "0" * 64 in out and "identical" not in out
+    assert (tmp_path / "other.hdf5").read_bytes() == shipped.read_bytes()
+
+    monkeypatch.setitem(
+        registry.EMBEDDED, "mini/hopper-expert", registry.EmbeddedSpec("Hopper-v5", "expert", 150)
+    )
+    assert "not comparable, the shipped file has another spec" in collect_id()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--id", "mini/hopper-expert", "--env", "Walker2d-v5"], "drop --env"),
+        (["--id", "mini/hopper-expert", "--out", "SHIPPED"], "add --update-manifest"),
+        (["--id", "mini/hopper-expert", "--update-manifest", "--out", "x.hdf5"], "refreshes"),
+        (["--id", "mini/nothing"], "mini/nothing: unknown embedded dataset"),
+        (["--update-manifest", "--out", "x.hdf5"], "--update-manifest needs --id"),
+        (["--env", "Hopper-v5"], "--out is required"),
+    ],
+)
+def test_collect_bad_options(tmp_path, monkeypatch, args, message):
+    from cli.data import data_app
+
+    monkeypatch.setattr(registry, "ASSET_DIR", tmp_path)
+    args = [str(tmp_path / "hopper-expert.hdf5") if a == "SHIPPED" else a for a in args]
+    result = CliRunner().invoke(data_app, ["collect", *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not list(tmp_path.glob("*.hdf5"))
 
 
 def test_policy_round_trip(tmp_path):

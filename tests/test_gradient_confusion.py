@@ -9,6 +9,9 @@ from dtlens.diagnostics.gradients import (
     GramAccumulator,
     clip_coefficients,
     gradient_confusion,
+    released_confusion,
+    released_share,
+    released_tensor,
     share_of_norm,
 )
 from dtlens.errors import DtlensError
@@ -99,3 +102,52 @@ def test_bad_input_raises():
         gradient_confusion(np.ones((1, 5)))
     with pytest.raises(DtlensError, match="samples, parameters"):
         gradient_confusion(np.ones(5))
+
+
+def test_released_share_against_the_squared_norm_share():
+    """The issue's example: per-tensor norms {ln_1.w: 0.2, ln_1.b: 0.1, 100 x 0.01}."""
+    norms = {"0.ln_1.weight": 0.2, "0.ln_1.bias": 0.1} | {f"t{k}": 0.01 for k in range(100)}
+    released = released_share(norms)
+    ln_1 = released["0.ln_1.weight"] + released["0.ln_1.bias"]
+    assert ln_1 == pytest.approx(0.3 / 1.3) and round(ln_1, 3) == 0.231
+    assert sum(released.values()) == pytest.approx(1.0)
+    # dtlens's share of the squared norm: (0.04 + 0.01) / (0.04 + 0.01 + 100 x 1e-4)
+    squared = share_of_norm({k: np.array([v**2]) for k, v in norms.items()})
+    assert float((squared["0.ln_1.weight"] + squared["0.ln_1.bias"])[0]) == pytest.approx(5 / 6)
+    assert float(squared["0.ln_1.weight"][0]) == pytest.approx(2 / 3)  # the weight alone
+    # clipping scales every norm alike: no effect; splitting a tensor changes the sum of norms
+    assert released_share({k: 0.5 * v for k, v in norms.items()}) == pytest.approx(released)
+    split = released_share({"a": 0.3, "b1": 0.4 * np.sqrt(0.5), "b2": 0.4 * np.sqrt(0.5)})
+    assert split["a"] != pytest.approx(released_share({"a": 0.3, "b": 0.4})["a"])
+    assert released_share({"a": 0.0}) == {"a": 0.0}
+    with pytest.raises(DtlensError, match="non-negative"):
+        released_share({"a": -1.0})
+
+
+def test_released_tensor_names():
+    assert released_tensor("backbone.blocks.0.ln1.w") == "0.ln_1.weight"
+    assert released_tensor("backbone.blocks.0.ln1.b") == "0.ln_1.bias"
+    for n in "QKV":
+        assert released_tensor(f"backbone.blocks.3.attn.W_{n}") == "3.attn.c_attn.weight"
+        assert released_tensor(f"backbone.blocks.3.attn.b_{n}") == "3.attn.c_attn.bias"
+    assert released_tensor("backbone.blocks.11.mlp.W_out") == "11.mlp.c_proj.weight"
+    assert released_tensor("backbone.blocks.1.attn.W_O") == "1.attn.c_proj.weight"
+    for outside in ("backbone.ln_final.w", "embed_ln.weight", "predict_action.weight"):
+        assert released_tensor(outside) is None
+
+
+def test_released_confusion_by_hand():
+    g = np.array([[3.0, 4.0], [-6.0, 0.0]])  # cosine -18 / 30 = -0.6
+    acc = GramAccumulator(2)
+    acc.update(g)
+    assert acc.confusion() == pytest.approx(-0.6)
+    # clipped norms 5 and 3: dot -9 over (1e-6 + 15)
+    assert released_confusion(acc.gram, [1.0, 0.5]) == pytest.approx(-9 / (1e-6 + 15), rel=1e-12)
+    assert released_confusion(acc.gram, [1.0, 0.5], eps=0.0) == pytest.approx(-0.6, rel=1e-12)
+    # tiny gradients: the 1e-6 dominates; the diagonal counts, so the minimum is 0.5, not 1
+    tiny = GramAccumulator(2)
+    tiny.update(np.array([[1e-3, 0.0], [1e-3, 0.0]]))
+    assert tiny.confusion() == pytest.approx(1.0)
+    assert released_confusion(tiny.gram, np.ones(2)) == pytest.approx(0.5)
+    with pytest.raises(DtlensError, match="disagree"):
+        released_confusion(acc.gram, np.ones(3))

@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens import DecisionTransformer
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.gradient_run import gradient_stats, top_tensors
+from dtlens.diagnostics.gradient_run import (
+    DIAGNOSTIC,
+    first_norm_share,
+    gradient_stats,
+    top_tensors,
+)
 from dtlens.diagnostics.gradients import gradient_confusion
 from dtlens.diagnostics.per_sample import iter_per_sample_grads
 from dtlens.train.loop import action_loss, train
@@ -72,6 +77,78 @@ def test_per_sample_clipping_matches_clip_grad_norm(model, batch):
     np.testing.assert_allclose(ds["norm"], before, rtol=1e-5)
     np.testing.assert_allclose(ds["norm_clipped"], after, rtol=1e-5)
     assert 0 < (ds["clip_coef"] < 1).sum() < len(batch)
+
+
+def released_per_tensor(model) -> dict[str, torch.Tensor]:
+    """The blocks' grads as HF GPT-2 tensors: c_attn holds q, k and v."""
+    out: dict[str, list[torch.Tensor]] = {}
+    hf = {"ln1.w": "ln_1.weight", "ln1.b": "ln_1.bias", "ln2.w": "ln_2.weight",
+          "ln2.b": "ln_2.bias", "attn.W_O": "attn.c_proj.weight", "attn.b_O": "attn.c_proj.bias",
+          "mlp.W_in": "mlp.c_fc.weight", "mlp.b_in": "mlp.c_fc.bias",
+          "mlp.W_out": "mlp.c_proj.weight", "mlp.b_out": "mlp.c_proj.bias"}  # fmt: skip
+    for name, p in model.named_parameters():
+        if name.startswith("backbone.blocks.") and p.grad is not None:
+            block, rest = name.split(".", 3)[2:]
+            key = hf.get(rest) or f"attn.c_attn.{'weight' if rest[5] == 'W' else 'bias'}"
+            out.setdefault(f"{block}.{key}", []).append(p.grad.flatten())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def test_paper_variant_is_the_clipped_block_gradient(model, batch, tmp_path):
+    """Each sample alone: backward, clip_grad_norm_ over every parameter, then only the block
+    tensors; the share from the batch gradient's per-tensor norms."""
+    clip = float(np.median(clip_single_samples(model, batch, math.inf)[0]))  # clips half
+    ds = gradient_stats(
+        model, batch, n_confusion=4, clip=clip, train_mode=False, chunk_size=6, paper_variant=True
+    )
+    blocks = []
+    for i in range(len(batch)):
+        model.zero_grad()
+        action_loss(model, batch.index([i])).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        blocks.append(torch.cat(list(released_per_tensor(model).values())).double())
+    norms = torch.stack([b.norm() for b in blocks])
+    np.testing.assert_allclose(ds["paper_norm"], norms, rtol=1e-5)
+    assert (ds["paper_norm"] < ds["norm_clipped"]).all()  # the blocks are part of the whole
+    cos = [float(a @ b / (1e-6 + a.norm() * b.norm())) for a in blocks[:4] for b in blocks[:4]]
+    assert float(ds["paper_confusion"]) == pytest.approx(min(cos), abs=1e-6)
+    assert abs(float(ds["paper_confusion"]) - float(ds["confusion"])) > 1e-3
+
+    model.zero_grad()
+    action_loss(model, batch).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    tensor_norm = {k: float(v.norm()) for k, v in released_per_tensor(model).items()}
+    assert list(ds.released_tensor.values[:3]) == [
+        "0.ln_1.weight",
+        "0.ln_1.bias",
+        "0.attn.c_attn.weight",
+    ]
+    np.testing.assert_allclose(
+        ds["paper_tensor_norm"].sel(released_tensor=list(tensor_norm)), list(tensor_norm.values()),
+        rtol=1e-5,
+    )  # fmt: skip
+    total = sum(tensor_norm.values())
+    ln_1 = (tensor_norm["0.ln_1.weight"] + tensor_norm["0.ln_1.bias"]) / total
+    assert first_norm_share(ds) == pytest.approx(ln_1, rel=1e-5)
+    # without the paper variant: the mean per-sample squared-norm share of ln1.w and ln1.b
+    plain = ds.drop_vars(["paper_share", "paper_tensor_norm", "released_tensor"])
+    correct = ds["share"].sel(tensor=["backbone.blocks.0.ln1.w", "backbone.blocks.0.ln1.b"])
+    assert first_norm_share(plain) == pytest.approx(float(correct.sum("tensor").mean()))
+    assert first_norm_share(plain) != pytest.approx(first_norm_share(ds), rel=1e-2)
+    table = DIAGNOSTIC.summary(ds.assign_attrs(run="r", epoch=1))
+    rows = {row[0]: row for row in table.rows}
+    assert all(len(row) == len(table.header) for row in table.rows)
+    assert rows["paper's formula: share of 0.ln_1 (weight + bias)"][1] == first_norm_share(ds)
+    assert rows["paper's formula: confusion, block tensors"][1] == float(ds["paper_confusion"])
+    assert rows["share: block 0's ln1 (w + b)"][1] == first_norm_share(plain)
+    assert DIAGNOSTIC.plot(ds.assign_attrs(run="r", epoch=1), tmp_path / "g.png").stat().st_size
+
+
+def test_finding_compares_image_with_random():
+    f = DIAGNOSTIC.finding
+    assert (f.a, f.b, f.expect, f.value) == ("image", "random", "greater", first_norm_share)
+    assert "released formula" in f.statistic and "89%" in f.statistic
+    assert DIAGNOSTIC.preset_options["paper_variant"] == "paper_variants"
 
 
 def test_cli_writes_dataset_and_figure(run_dir):

@@ -114,10 +114,11 @@ def test_cka_cli_bad_input_is_one_line(run, args, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_cka_cli_refuses_captures_of_different_samples(run, tmp_path):
+def test_cka_recaptures_a_capture_of_other_samples(run, tmp_path):
     capture_run(run, [2], ["tokens", "resid_post"], samples=4)  # epoch 2 now has 4 samples
     result = runner.invoke(app, ["cka", str(run.path)])
-    assert result.exit_code == 1 and "different samples" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 0, result.output
+    with xr.open_dataset(run.path / "diagnostics" / "cka.nc") as ds:
+        assert ds.attrs["samples"] == len(run.probe_batch())
     result = runner.invoke(app, ["cka", str(tmp_path)])
     assert result.exit_code == 1 and "not a dtlens run" in result.output

@@ -66,7 +66,8 @@ def test_divergent_seeds_are_kept_and_counted(run, acts, monkeypatch):
         return dataclasses.replace(r, values=values, seeds=tuple(seeds), diverged=1)
 
     monkeypatch.setattr(mi_run, "estimate", half_diverged)
-    ds = information(acts.resid_post.sel(layer=[1]), run.probe_batch(), "mine", [0, 1, 2])
+    layer = acts.resid_post.sel(layer=[1])
+    ds = information(layer, run.probe_batch(), "mine", [0, 1, 2], null_shuffles=0)
     assert ds["mi"].isnull().sel(seed=0).all() and ds["mi"].notnull().sel(seed=[1, 2]).all()
     assert (ds["diverged"] == 1).all()
     np.testing.assert_allclose(ds["mean"], ds["mi"].sel(seed=[1, 2]).mean("seed"))
@@ -78,18 +79,21 @@ def test_samples_of_another_batch_are_an_error(run, acts):
         information(acts.resid_post, run.probe_batch().index(slice(0, 30)), "ksg")
 
 
-def test_cli_ksg_writes_dataset_and_figure(run):
+def test_cli_default_writes_dataset_null_and_figure(run):
     res = runner.invoke(app, ["mutual-info", str(run.path), "--blocks", "1", "--seeds", "2"])
     assert res.exit_code == 0, res.output
-    assert "I(X;T)" in res.output and "I(Y;T)" in res.output
+    assert "I(X;T)" in res.output and "I(Y;T)" in res.output and "null" in res.output
     ds = xr.open_dataset(run.path / "diagnostics" / "mutual_info.nc")
-    assert ds.sizes == {"quantity": 2, "block": 1, "token_type": 3, "seed": 2}
-    assert ds.attrs["epoch"] == 1 and ds.attrs["method"] == "ksg" and ds.attrs["samples"] == 40
+    assert ds.sizes == {"quantity": 2, "block": 1, "token_type": 3, "seed": 2, "shuffle": 5}
+    assert ds.attrs["epoch"] == 1 and ds.attrs["method"] == "gcmi" and ds.attrs["samples"] == 40
+    np.testing.assert_allclose(ds["null_mean"], ds["null"].mean("shuffle"))
+    np.testing.assert_allclose(ds["above_null"], ds["mean"] - ds["null_mean"])
+    assert np.isfinite(ds["null"]).all() and float(abs(ds["null_mean"]).max()) < 1.0
     assert (run.path / "figures" / "mutual_info.png").stat().st_size > 0
 
 
 def test_cli_paper_protocol_on_a_larger_probe(run):
-    args = "--method mine --paper --samples 60 --blocks 0 --iterations 2".split()
+    args = "--method mine --paper --samples 60 --blocks 0 --iterations 3".split()
     res = runner.invoke(app, ["mutual-info", str(run.path), *args])
     assert res.exit_code == 0, res.output
     ds = xr.open_dataset(run.path / "diagnostics" / "mutual_info.nc")

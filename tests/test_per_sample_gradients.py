@@ -8,6 +8,7 @@ import torch
 from dtlens import DecisionTransformer
 from dtlens.data.windows import Batch
 from dtlens.diagnostics.per_sample import (
+    batch_grads,
     iter_per_sample_grads,
     parameter_groups,
     sample_losses,
@@ -94,9 +95,33 @@ def test_train_mode_uses_the_dropout_masks_of_a_batched_forward(model, batch):
     assert not torch.allclose(grads["predict_action.weight"], eval_grads["predict_action.weight"])
 
 
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_batch_grads_equal_a_backward_of_the_training_loss(model, batch, train_mode):
+    rng = torch.get_rng_state()
+    grads = batch_grads(model, batch, train_mode=train_mode, seed=4)
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    assert sorted(grads) == sorted(used_parameters(model))
+    assert all(p.grad is None for p in model.parameters())
+    model.train(train_mode)
+    torch.manual_seed(4)
+    action_loss(model, batch).backward()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, model.get_parameter(name).grad, msg=name)
+    # the batch loss weighs samples by their real steps: not the mean of the per-sample grads
+    per_sample = dict(iter_per_sample_grads(model, batch, train_mode=False))
+    name = "predict_action.weight"
+    if not train_mode:
+        assert not torch.allclose(grads[name], per_sample[name].mean(0), atol=1e-6)
+        steps = batch.attention_mask.sum(1).double()
+        weighted = (per_sample[name].double() * steps[:, None, None]).sum(0) / steps.sum()
+        torch.testing.assert_close(grads[name].double(), weighted, rtol=1e-5, atol=1e-7)
+
+
 def test_bad_input(model, batch):
     with pytest.raises(DtlensError, match="not a trainable parameter"):
         next(iter_per_sample_grads(model, batch, params=["backbone.embed.W_E"]))
+    with pytest.raises(DtlensError, match="not a trainable parameter"):
+        batch_grads(model, batch, params=["backbone.embed.W_E"])
     batch.timesteps[0, 0] = model.cfg.max_ep_len
     with pytest.raises(DtlensError, match="timesteps"):
         next(iter_per_sample_grads(model, batch))

@@ -8,13 +8,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import dtlens.pretrain
+import dtlens.paths
 from cli.main import app
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import MINI, load_backbone_file, read_header
-from dtlens.model.config import BackboneConfig
+from dtlens.model.backbones import backbone_config, read_header
+from dtlens.model.checkpoint import load_backbone_file
+from dtlens.model.config import MINI, BackboneConfig
 from dtlens.model.inits import resolve_backbone
-from dtlens.pretrain import backbone_path, image, text
+from dtlens.paths import EMBEDDED_BACKBONES, backbone_cache_path
+from dtlens.paths import embedded_backbone_path as backbone_path
+from dtlens.pretrain import image, text
 from dtlens.pretrain.loop import unigram_loss
 from tests.conftest import TINY
 
@@ -70,7 +73,7 @@ def test_tiny_run_writes_a_loadable_deterministic_backbone(kind, tmp_path):
     ]
     family, norm, act = FAMILIES[kind]
     model = load_backbone_file(paths[0])
-    cfg = BackboneConfig.from_tl(model.cfg)
+    cfg = backbone_config(model.cfg)
     assert (cfg.normalization_type, cfg.act_fn, cfg.d_model) == (norm, act, TINY.d_model)
     meta = read_header(paths[0])["meta"]
     assert meta == results[0].meta and meta["family"] == family and meta["steps"] == 3
@@ -82,8 +85,8 @@ def test_tiny_run_writes_a_loadable_deterministic_backbone(kind, tmp_path):
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_committed_asset_loads_with_mini_size(kind):
     path = backbone_path(kind)
-    assert path.parent == dtlens.pretrain.ASSETS
-    cfg = BackboneConfig.from_tl(resolve_backbone(kind).cfg)
+    assert path.parent == dtlens.paths.BACKBONE_ASSETS
+    cfg = backbone_config(resolve_backbone(kind).cfg)
     family, norm, act = FAMILIES[kind]
     assert cfg == BackboneConfig(**{**MINI.__dict__, "normalization_type": norm, "act_fn": act})
     meta = read_header(path)["meta"]
@@ -92,15 +95,15 @@ def test_committed_asset_loads_with_mini_size(kind):
 
 
 def test_committed_assets_fit_in_5mb():
-    assert sum(backbone_path(k).stat().st_size for k in dtlens.pretrain.KINDS) <= 5_000_000
+    assert sum(backbone_path(k).stat().st_size for k in EMBEDDED_BACKBONES) <= 5_000_000
 
 
 def test_missing_backbone_says_how_to_build_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(dtlens.pretrain, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(dtlens.paths, "BACKBONE_ASSETS", tmp_path / "assets")
     monkeypatch.setenv("DTLENS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(DtlensError, match="run `dtlens pretrain image`"):
         backbone_path("image")
-    cached = dtlens.pretrain.cache_path("image")
+    cached = backbone_cache_path("image")
     assert cached == tmp_path / "cache" / "backbones" / "image.safetensors"
     cached.parent.mkdir(parents=True)
     cached.touch()

@@ -14,6 +14,7 @@ from cli.main import app
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.reproduce import plan, reproduce
 from dtlens.model.backbones import random_backbone, save_backbone
+from dtlens.report.report import write_report
 from tests.conftest import TINY, tiny_train_config
 
 runner = CliRunner()
@@ -35,6 +36,7 @@ def tiny_preset(dataset: Path, folder: Path) -> Preset:
         attention_epochs=(0, 1, 2),
         mi_seeds=1,
         probe_size=24,
+        seeds=(666, 1),
     )
 
 
@@ -43,7 +45,7 @@ def test_reproduce_end_to_end_on_a_local_cluster(hopper_file, tmp_path):
     preset = tiny_preset(hopper_file, tmp_path)
     out = tmp_path / "repro"
     logs: list[str] = []
-    report = reproduce(preset, out, workers=2, log=logs.append)
+    report = write_report(reproduce(preset, out, workers=2, log=logs.append))
     text = report.read_text()
     for section in (
         "1. Representation change",
@@ -67,11 +69,16 @@ def test_reproduce_end_to_end_on_a_local_cluster(hopper_file, tmp_path):
     for name in ("cka", "weights", "gradients", "mutual_info"):
         assert (main / "diagnostics" / f"{name}.nc").is_file(), name
         assert (main / "figures" / f"{name}.png").is_file(), name
-    k1 = out / "hopper" / "runs" / p.no_context[("random", 1)].name
+    k1 = out / "hopper" / "runs" / p.no_context[("random", 1, 666)].name
     assert (k1 / "diagnostics" / "attention.nc").is_file()
     for study in ("no_context", "block_swap"):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file()
         assert (out / "hopper" / "figures" / f"{study}.png").is_file()
+    summary = text.split("## Summary")[1].splitlines()
+    verdicts = [line for line in summary if line.startswith("| hopper")]
+    assert len(verdicts) == 7
+    assert all(any(f"**{v}**" in line for v in ("holds", "contradicted", "undetermined"))
+               for line in verdicts), verdicts  # fmt: skip
     images = [line for line in text.splitlines() if line.startswith("![")]
     assert len(images) >= 12 and all((out / i.split("](")[1][:-1]).is_file() for i in images)
     # `dtlens report` rebuilds the report from the saved results alone.
@@ -86,7 +93,8 @@ from pathlib import Path
 from tests.test_reproduce import tiny_preset
 from dtlens.experiments.reproduce import reproduce
 data, folder, out = map(Path, sys.argv[1:])
-reproduce(tiny_preset(data, folder), out, workers=1, log=lambda m: print(m, flush=True))
+preset = tiny_preset(data, folder)
+reproduce(preset, out, workers=1, log=lambda m: print(m, flush=True))
 """
 
 
@@ -109,7 +117,7 @@ def test_interrupted_reproduction_resumes_without_redoing_finished_runs(hopper_f
     }
     time.sleep(0.01)
     logs: list[str] = []
-    reproduce(tiny_preset(hopper_file, tmp_path), out, workers=1, log=logs.append)
+    write_report(reproduce(tiny_preset(hopper_file, tmp_path), out, workers=1, log=logs.append))
     for name in finished:
         assert any(line.split()[:2] == ["done", name] for line in logs), (name, logs)
         assert (out / "hopper" / "runs" / name / "state.safetensors").stat().st_mtime_ns == stamps[

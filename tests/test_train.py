@@ -185,7 +185,8 @@ def test_cli_train_and_bad_input(hopper_file, tmp_path):
         assert res.exit_code == 1, (argv, res.output)
         assert message in res.output and "Traceback" not in res.output, res.output
     assert (out / "checkpoints" / "epoch-0001.safetensors").read_bytes() == before
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "config.json").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not list(tmp_path.glob(".*"))  # no partial folder, lock or temporary file left
 
 
 def test_dataset_that_does_not_fit_the_env(hopper_file, tmp_path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from transformers import GPT2Config, GPT2Model
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -16,7 +18,7 @@ from dtlens.diagnostics.weights import aggregate, classify, weight_change
 from dtlens.errors import DtlensError
 from dtlens.model import BackboneConfig
 from dtlens.train.loop import train
-from tests.conftest import tiny_train_config
+from tests.conftest import TINY, perturb_, tiny_train_config
 
 runner = CliRunner()
 
@@ -39,6 +41,8 @@ def test_model_against_itself(tiny_dt):
     np.testing.assert_allclose(ds["cosine"], 1.0, atol=1e-12)
     assert int(ds["numel"].sel(tensor="backbone.blocks.1.mlp.W_in")) == 16 * 32
     assert not np.isnan(ds[["relative", "cosine"]].to_array()).any()
+    assert set(ds["kind"].values) == {"attention", "mlp", "norm", "embedding", "head"}
+    assert set(ds["part"].values) == {"backbone", "embeddings", "head"}
 
 
 def test_classify():
@@ -49,8 +53,8 @@ def test_classify():
     assert classify("embed_timestep.weight") == (-1, "embedding", "embeddings")
     assert classify("embed_ln.weight") == (-1, "norm", "embeddings")
     assert classify("predict_action.bias") == (-1, "head", "head")
-    with pytest.raises(DtlensError, match="not a Decision Transformer parameter"):
-        classify("encoder.h.0.attn.c_attn.weight")
+    assert classify("h.0.attn.c_attn.weight") == (-1, "other", "other")  # HF GPT-2
+    assert classify("blocks.0.attn.W_Q") == (-1, "other", "other")  # a bare backbone
 
 
 def test_hand_perturbed_copy_has_known_distance(tiny_dt):
@@ -130,3 +134,67 @@ def test_weight_change_cli_bad_input_is_one_line(run, args, message):
 def test_weight_change_cli_not_a_run(tmp_path):
     result = runner.invoke(app, ["weight-change", str(tmp_path)])
     assert result.exit_code == 1 and "not a dtlens run" in result.output
+
+
+def tiny_gpt2(seed: int) -> GPT2Model:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=2, n_embd=16, n_head=2, n_positions=8, vocab_size=11, bos_token_id=0, eos_token_id=0
+    )
+    return GPT2Model(cfg).eval()
+
+
+def test_hf_gpt2_models_compare_as_other():
+    a, b = tiny_gpt2(0), tiny_gpt2(1)
+    ds = weight_change(a, b.state_dict())
+    names = [n for n, _ in a.named_parameters()]
+    assert list(ds["tensor"].values) == names and "wte.weight" in names
+    assert set(ds["kind"].values) == {"other"} and set(ds["part"].values) == {"other"}
+    np.testing.assert_array_equal(ds["block"], -1)
+    after = b.state_dict()
+    diffs = {n: p.detach().double() - after[n].double() for n, p in a.named_parameters()}
+    for name, diff in diffs.items():
+        assert float(ds["l2"].sel(tensor=name)) == pytest.approx(float(diff.norm()), rel=1e-12)
+    total = torch.cat([d.flatten() for d in diffs.values()]).norm()
+    other = aggregate(ds, "kind").sel(kind="other")
+    assert float(other["l2"]) == pytest.approx(float(total), rel=1e-12)
+    np.testing.assert_array_equal(weight_change(a, a.state_dict())["l2"], 0.0)
+
+
+def test_bare_backbone_against_its_perturbed_copy(tiny_dt):
+    backbone = tiny_dt.backbone
+    moved = perturb_(copy.deepcopy(backbone), seed=3)
+    ds = weight_change(backbone.state_dict(), moved)  # state dict buffers (attn.mask) dropped
+    assert list(ds["tensor"].values) == [n for n, _ in backbone.named_parameters()]
+    assert {"embed.W_E", "pos_embed.W_pos", "unembed.W_U"} <= set(ds["tensor"].values)
+    assert set(ds["kind"].values) == {"other"}
+    for name, p in backbone.named_parameters():
+        diff = (p.double() - moved.get_parameter(name).double()).detach().norm()
+        assert float(ds["l2"].sel(tensor=name)) == pytest.approx(float(diff), rel=1e-12, abs=0)
+    assert int((ds["l2"] > 0).sum()) == ds.sizes["tensor"] - 6  # perturb_ leaves zero b_Q/K/V
+    assert ds.sizes["tensor"] == len(list(backbone.parameters()))
+
+
+def test_mismatched_names_fail_with_one_line(tiny_dt):
+    sd = dict(tiny_dt.state_dict())
+    renamed = {
+        ("predict_action.W" if k == "predict_action.weight" else k): v for k, v in sd.items()
+    }
+    with pytest.raises(DtlensError) as err:
+        weight_change(tiny_dt, renamed)
+    message = str(err.value)
+    assert message == (
+        "the models have different parameters: only in before: predict_action.weight; "
+        "only in after: predict_action.W"
+    )
+    with pytest.raises(
+        DtlensError,
+        match=r"only in before: wte.weight, wpe.weight, h.0.ln_1.weight "
+        r"\(\+25 more\); only in after: embed_return.weight, embed_return.bias, "
+        r"embed_state.weight \(\+\d+ more\)$",
+    ) as err:
+        weight_change(tiny_gpt2(0), tiny_dt)
+    assert "\n" not in str(err.value)
+    bare = DecisionTransformer(DTConfig(state_dim=5, act_dim=2, max_ep_len=50, backbone=TINY))
+    with pytest.raises(DtlensError, match="the models have different parameters"):
+        weight_change(tiny_dt.backbone, bare)

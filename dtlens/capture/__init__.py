@@ -5,22 +5,21 @@ layout); `capture_to_netcdf` writes the same dataset chunk by chunk; `capture_ru
 run's checkpoints on its probe batch.
 """
 
-from dtlens.capture.activations import DEFAULT_HOOKS, batch_hash, capture
-from dtlens.capture.hooks import hook_kinds, resolve_hooks
-from dtlens.capture.run import capture_path, capture_run, ensure_capture, run_batch
-from dtlens.capture.store import capture_to_netcdf, load_capture, save_capture
+from dtlens.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_HOOKS",
-    "batch_hash",
-    "capture",
-    "capture_path",
-    "capture_run",
-    "capture_to_netcdf",
-    "ensure_capture",
-    "hook_kinds",
-    "load_capture",
-    "resolve_hooks",
-    "run_batch",
-    "save_capture",
-]
+_EXPORTS = {
+    "DEFAULT_HOOKS": "dtlens.capture.activations",
+    "batch_hash": "dtlens.capture.activations",
+    "capture": "dtlens.capture.activations",
+    "hook_kinds": "dtlens.capture.hooks",
+    "resolve_hooks": "dtlens.capture.hooks",
+    "capture_path": "dtlens.capture.run",
+    "capture_run": "dtlens.capture.run",
+    "ensure_capture": "dtlens.capture.run",
+    "run_batch": "dtlens.capture.run",
+    "capture_to_netcdf": "dtlens.capture.store",
+    "load_capture": "dtlens.capture.store",
+    "save_capture": "dtlens.capture.store",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -5,8 +5,9 @@ A capture is an `xr.Dataset` with one variable per hook kind, stacked over block
 `tokens(sample, position, d_model)`, ...; `valid(sample, position)` (False at left padding) and
 the batch's `timesteps(sample, step)`; coordinates `token_type` (return/state/action) and
 `timestep` (0..K-1 within the window) along `position`. Its attrs name the run, epoch, init,
-dataset, dtlens version, the hooks and `probe_hash`, a digest of the input batch: two captures
-with the same hash saw the same samples.
+dataset, dtlens version, the hooks, the number of `samples` and `probe_hash`, a digest of the
+input batch: two captures with the same hash saw the same samples. A run's captures also name the
+checkpoint they were made from (`run_path`, `checkpoint_sha256`, see `dtlens.capture.run`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def _dataset(
             "dtlens_version": dtlens.__version__,
             "hooks": ",".join(kind.name for kind in kinds),
             "probe_hash": batch_hash(batch),
+            "samples": n,
         },
     )
     for dim in ("query", "key"):

@@ -27,14 +27,23 @@ def save_capture(ds: xr.Dataset, path: str | os.PathLike) -> Path:
 
 
 def load_capture(path: str | os.PathLike) -> xr.Dataset:
-    """Open a capture lazily (close it, or use `with`)."""
+    """Open a capture lazily (close it, or use `with`); DtlensError if it is not a whole one."""
     path = Path(path)
     if not path.is_file():
         raise DtlensError(f"{path}: file not found")
-    ds = xr.open_dataset(path, engine="netcdf4")
+    unreadable = f"{path} is unreadable (truncated?): delete it or run capture again"
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4")
+    except PermissionError:
+        raise
+    except (OSError, ValueError):  # netCDF4/HDF5 refuse a truncated or foreign file at open
+        raise DtlensError(unreadable) from None
     if "probe_hash" not in ds.attrs or "valid" not in ds:
         ds.close()
         raise DtlensError(f"{path}: not a dtlens capture (no probe_hash / valid)")
+    if ds.attrs.get("samples", ds.sizes["sample"]) != ds.sizes["sample"]:
+        ds.close()
+        raise DtlensError(unreadable)
     return ds
 
 
@@ -83,4 +92,5 @@ def capture_to_netcdf(
             raise DtlensError("nothing to capture: no samples")
         with netCDF4.Dataset(tmp, "a") as nc:
             nc.setncattr("probe_hash", digest.hexdigest())
+            nc.setncattr("samples", n)
     return Path(path)

@@ -1,25 +1,22 @@
 """Offline RL data: D4RL and Minari readers, trajectory windows, embedded datasets."""
 
-from dtlens.data.d4rl import read_d4rl, write_d4rl
-from dtlens.data.dataset import OfflineDataset
-from dtlens.data.minari_io import read_minari
-from dtlens.data.registry import EMBEDDED, load_dataset
-from dtlens.data.scores import dataset_normalized_score, normalized_score, target_return
-from dtlens.data.windows import Batch, WindowSampler, load_batch, probe_batch, save_batch
+from dtlens.lazy import lazy_exports
 
-__all__ = [
-    "EMBEDDED",
-    "Batch",
-    "OfflineDataset",
-    "WindowSampler",
-    "dataset_normalized_score",
-    "load_batch",
-    "load_dataset",
-    "normalized_score",
-    "probe_batch",
-    "read_d4rl",
-    "read_minari",
-    "save_batch",
-    "target_return",
-    "write_d4rl",
-]
+_EXPORTS = {
+    "read_d4rl": "dtlens.data.d4rl",
+    "write_d4rl": "dtlens.data.d4rl",
+    "OfflineDataset": "dtlens.data.dataset",
+    "read_minari": "dtlens.data.minari_io",
+    "EMBEDDED": "dtlens.data.registry",
+    "load_dataset": "dtlens.data.registry",
+    "dataset_normalized_score": "dtlens.data.scores",
+    "normalized_score": "dtlens.data.scores",
+    "target_return": "dtlens.data.scores",
+    "Batch": "dtlens.data.windows",
+    "WindowSampler": "dtlens.data.windows",
+    "load_batch": "dtlens.data.windows",
+    "probe_batch": "dtlens.data.windows",
+    "save_batch": "dtlens.data.windows",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -10,11 +10,29 @@ from pathlib import Path
 import numpy as np
 
 from dtlens.data.d4rl import write_d4rl
-from dtlens.data.policy import MLPPolicy, load_policy
+from dtlens.data.policy import POLICY_DIR, MLPPolicy, load_policy
 from dtlens.errors import DtlensError
+from dtlens.io import file_sha256
 
 QUALITIES = ("random", "medium", "expert")
 DEFAULT_NOISE = 0.1
+GZIP_LEVEL = 9  # collected files are compressed: ~20% smaller, same bytes for the same data
+
+
+def policy_name(env_id: str, quality: str) -> str | None:
+    """The embedded policy of `quality` ('hopper-medium' for Hopper-v5); None for random."""
+    if quality not in QUALITIES:
+        raise DtlensError(f"{quality}: unknown quality (choose from {', '.join(QUALITIES)})")
+    return None if quality == "random" else f"{env_id.split('-')[0].lower()}-{quality}"
+
+
+def policy_sha256(env_id: str, quality: str) -> str | None:
+    """SHA-256 of the embedded policy's weights file for `quality` (None for random)."""
+    name = policy_name(env_id, quality)
+    if name is None:
+        return None
+    load_policy(name)  # one clear error if it is not embedded
+    return file_sha256(POLICY_DIR / f"{name}.safetensors")
 
 
 def behaviour_policy(env_id: str, quality: str, policy: str | None = None) -> MLPPolicy | None:
@@ -22,11 +40,8 @@ def behaviour_policy(env_id: str, quality: str, policy: str | None = None) -> ML
     ('hopper-medium') or path stem."""
     if policy is not None:
         return load_policy(policy)
-    if quality not in QUALITIES:
-        raise DtlensError(f"{quality}: unknown quality (choose from {', '.join(QUALITIES)})")
-    if quality == "random":
-        return None
-    return load_policy(f"{env_id.split('-')[0].lower()}-{quality}")
+    name = policy_name(env_id, quality)
+    return None if name is None else load_policy(name)
 
 
 def collect(
@@ -105,7 +120,7 @@ def collect_to_file(
     policy: str | None = None,
     progress: bool = False,
 ) -> Path:
-    """Collect and write a D4RL HDF5 file whose attrs say how it was made."""
+    """Collect and write a compressed D4RL HDF5 file whose attrs say how it was made."""
     actor = behaviour_policy(env_id, quality, policy)
     arrays = collect(env_id, actor, transitions, seed, noise if actor else 0.0, progress)
     metadata = {
@@ -117,7 +132,7 @@ def collect_to_file(
         "transitions": transitions,
         "collector": "dtlens.data.collect",
     }
-    return write_d4rl(path, arrays, metadata)
+    return write_d4rl(path, arrays, metadata, compression=GZIP_LEVEL)
 
 
 @contextmanager

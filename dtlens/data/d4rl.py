@@ -2,7 +2,8 @@
 
 Layout: `observations (N, obs_dim)`, `actions (N, act_dim)`, `rewards (N,)` or `(N, 1)`,
 `terminals (N,)`, `timeouts (N,)`, optional `next_observations` and `infos/*`. File attributes
-name the env id, the behaviour policy, the quality level and the seed.
+name the env id, the behaviour policy, the quality level and the seed. Writes carry no timestamps
+and use fixed chunks, so the same arrays give the same bytes (on the same h5py/HDF5 build).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dtlens.errors import DtlensError
 from dtlens.io import write_atomic
 
 OPTIONAL_KEYS = ("next_observations",)
+CHUNK_ROWS = 16_384  # rows per chunk of a compressed dataset
 
 
 def read_d4rl(path: str | os.PathLike, env_id: str | None = None) -> OfflineDataset:
@@ -52,9 +54,11 @@ def write_d4rl(
     path: str | os.PathLike,
     arrays: Mapping[str, np.ndarray] | OfflineDataset,
     metadata: Mapping[str, Any] | None = None,
+    compression: int | None = None,
 ) -> Path:
     """Write `arrays` (D4RL keys, `infos/<name>` allowed) to `path`; `metadata` becomes attrs
-    (env_id, policy, quality, seed, ...; scalars or strings)."""
+    (env_id, policy, quality, seed, ...; scalars or strings). `compression` is a gzip level
+    (0-9, with the byte-shuffle filter and `CHUNK_ROWS`-row chunks); None stores raw."""
     if isinstance(arrays, OfflineDataset):
         metadata = {"env_id": arrays.env_id or "", **(metadata or {})}
         infos = {f"infos/{k}": v for k, v in arrays.metadata.get("infos", {}).items()}
@@ -64,11 +68,24 @@ def write_d4rl(
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
-                f.create_dataset(key, data=value)
+                f.create_dataset(key, data=value, track_times=False, **_filters(value, compression))
             for key, value in (metadata or {}).items():
                 f.attrs[key] = "" if value is None else value
 
     return write_atomic(path, write)
+
+
+def _filters(value: np.ndarray, compression: int | None) -> dict[str, Any]:
+    """h5py dataset options: none, or gzip + shuffle over fixed row chunks."""
+    if compression is None:
+        return {}
+    chunks = (min(CHUNK_ROWS, len(value)), *value.shape[1:])
+    return {
+        "compression": "gzip",
+        "compression_opts": compression,
+        "shuffle": True,
+        "chunks": chunks,
+    }
 
 
 def _plain(value: Any) -> Any:

@@ -11,8 +11,9 @@ import torch
 
 from dtlens.errors import DtlensError
 from dtlens.io import load_json, load_tensors, save_json, save_tensors
+from dtlens.paths import POLICY_ASSETS
 
-POLICY_DIR = Path(__file__).resolve().parents[1] / "assets" / "policies"
+POLICY_DIR = POLICY_ASSETS
 
 
 class MLPPolicy:

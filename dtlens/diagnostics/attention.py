@@ -5,7 +5,8 @@ d_i = sum_j A_ij |i - j|, and a head's distance is the mean of d_i over the vali
 (Dosovitskiy et al. 2021). A Decision Transformer has 3 tokens (return, state, action) per
 timestep, so ``unit="timestep"`` divides by 3. `attention_distance_paper_variant` (from GPT-2's
 ``c_attn``) and `paper_variant_from_qk` reproduce the paper's released code, which computes
-something else (see their docstrings).
+something else (see their docstrings); `per_sample_change` is the released figure's change
+between two epochs, `change_of_mean` dtlens's.
 """
 
 from __future__ import annotations
@@ -155,3 +156,31 @@ def attention_distance_paper_variant(
         )
     qkv = h @ w + b
     return _like(paper_variant_from_qk(qkv[..., :d], qkv[..., d : 2 * d]), hidden)
+
+
+def change_of_mean(
+    d_epoch: Float[Array, "sample ..."], d_first: Float[Array, "sample ..."]
+) -> Float[np.ndarray, "..."]:
+    """|mean d_e - mean d_0| over samples (axis 0, NaNs skipped): how much the head's mean
+    distance moved. dtlens's `change`."""
+    return np.abs(np.nanmean(_to_numpy(d_epoch), axis=0) - np.nanmean(_to_numpy(d_first), axis=0))
+
+
+def per_sample_change(
+    d_epoch: Float[Array, "sample ..."], d_first: Float[Array, "sample ..."]
+) -> Float[np.ndarray, "sample ..."]:
+    """|d_e - d_0| per sample: the change the paper's figure box-plots.
+
+    Released: ``analysis/section-56-dependence-on-context/compute_attention_distance.py``
+    computes each sample's distance per block at epoch1 and epoch2 (the formula of
+    `attention_distance_paper_variant`), then ``att_dist_diff_abs = np.abs(np.array(
+    att_dist_mat_list[0]) - np.array(att_dist_mat_list[1]))``, shape (sample, block), and
+    box-plots it per block (seaborn, 200 samples).
+    Its mean over samples is mean |d_e - d_0| >= |mean d_e - mean d_0| (`change_of_mean`): equal
+    when every sample moves the same way; samples moving opposite ways cancel in the change of
+    the mean and add up here, so a model whose mean distance stays put can still read large.
+    """
+    a, b = _to_numpy(d_epoch), _to_numpy(d_first)
+    if a.shape != b.shape:
+        raise DtlensError(f"distances of the two epochs differ in shape: {a.shape}, {b.shape}")
+    return np.abs(a - b)

@@ -50,3 +50,9 @@ def stack_runs(runs: dict[str, Run], dim: str = "run") -> xr.Dataset:
 def area_under_curve(curve: xr.DataArray, dim: str = "epoch") -> xr.DataArray:
     """Mean of a curve over `dim` (epochs are evenly spaced, so this is the normalised AUC)."""
     return curve.mean(dim, skipna=True)
+
+
+def last_finite(x: np.ndarray) -> float:
+    """The last finite value of `x`, NaN if none."""
+    finite = x[np.isfinite(x)]
+    return float(finite[-1]) if finite.size else float("nan")

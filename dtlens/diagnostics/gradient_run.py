@@ -6,6 +6,14 @@ and share of the squared norm; over the first `n_confusion` samples, gradient co
 minimum pairwise cosine) and every pairwise cosine. Clipping scales a whole gradient, so it changes
 neither the shares nor the cosines. The per-sample gradients are streamed tensor by tensor into a
 Gram matrix (`GramAccumulator`): the (n, P) gradient matrix is never held in memory.
+
+`paper_variant=True` adds the released code's three numbers (``analysis/signal_propagation.py``,
+``analysis/section-54-gradient-analysis/compute_grad_norm.py`` and ``compute_grad_confusion.py``):
+`paper_norm`, the norm over the block tensors only of each sample's gradient clipped as a whole
+(so it reads below the clip value where every parameter's norm sits at it); `paper_confusion`,
+the minimum cosine of those clipped block gradients (`released_confusion`); and `paper_share`,
+each HF block tensor's norm over the sum of their norms, of the clipped gradient of the whole
+batch (`released_share`; `paper_tensor_norm` is that clipped norm).
 """
 
 from __future__ import annotations
@@ -17,13 +25,22 @@ import torch
 import xarray as xr
 
 import dtlens
-from dtlens.capture import run_batch
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.gradients import GramAccumulator, clip_coefficients, share_of_norm
-from dtlens.diagnostics.per_sample import GroupBy, iter_per_sample_grads
+from dtlens.diagnostics.claims import CLAIMS
+from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.gradients import (
+    RELEASED_TENSORS,
+    GramAccumulator,
+    clip_coefficients,
+    released_confusion,
+    released_share,
+    released_tensor,
+    share_of_norm,
+)
+from dtlens.diagnostics.per_sample import GroupBy, batch_grads, iter_per_sample_grads
 from dtlens.errors import DtlensError
-from dtlens.io import save_netcdf
 from dtlens.model.dt import DecisionTransformer
+from dtlens.plotting import panels, save_figure
 from dtlens.train.run import Run
 
 
@@ -36,22 +53,27 @@ def gradient_stats(
     seed: int = 0,
     chunk_size: int = 16,
     group_by: GroupBy = "block",
+    paper_variant: bool = False,
 ) -> xr.Dataset:
     """Per-sample gradient norms, per-tensor shares and confusion of `model` on `batch` (see the
-    module docstring); `train_mode` = dropout on (the paper), `seed` fixes its masks."""
+    module docstring); `train_mode` = dropout on (the paper), `seed` fixes its masks;
+    `paper_variant` adds the released code's norm, confusion and share."""
     n = len(batch)
     if not 2 <= n_confusion <= n:
         raise DtlensError(f"confusion needs 2 <= n_confusion <= {n} samples, got {n_confusion}")
-    gram = GramAccumulator(n_confusion)
-    names, numel, sq_norms = [], [], []
+    gram, block_gram = GramAccumulator(n_confusion), GramAccumulator(n_confusion)
+    names, numel, sq_norms, block_sq = [], [], [], np.zeros(n)
     grads = iter_per_sample_grads(
         model, batch, chunk_size=chunk_size, train_mode=train_mode, seed=seed, group_by=group_by
     )
     for name, g in grads:
         flat = g.flatten(1)
-        norm = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64)
-        sq_norms.append(norm.cpu().numpy() ** 2)
+        sq = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64).cpu().numpy() ** 2
+        sq_norms.append(sq)
         gram.update(flat[:n_confusion])
+        if paper_variant and released_tensor(name) is not None:
+            block_sq += sq
+            block_gram.update(flat[:n_confusion])
         names.append(name)
         numel.append(flat.shape[1])
     sq = np.stack(sq_norms, axis=1)  # (sample, tensor)
@@ -59,7 +81,7 @@ def gradient_stats(
     coef = clip_coefficients(norm, max_norm=clip)
     share = share_of_norm(sq)
     i, j = np.triu_indices(n_confusion, k=1)
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "norm": ("sample", norm),
             "clip_coef": ("sample", coef),
@@ -82,38 +104,74 @@ def gradient_stats(
             "train_mode": int(train_mode),
             "seed": seed,
             "n_confusion": n_confusion,
+            "paper_variant": int(paper_variant),
             "dtlens_version": dtlens.__version__,
         },
     )
+    if paper_variant:
+        ds["paper_norm"] = ("sample", np.sqrt(block_sq) * coef)
+        ds["paper_confusion"] = released_confusion(block_gram.gram, coef[:n_confusion])
+        tensor_norm = _released_batch_norms(model, batch, clip, train_mode, seed)
+        ds = ds.assign_coords(released_tensor=list(tensor_norm))
+        ds["paper_tensor_norm"] = ("released_tensor", list(tensor_norm.values()))
+        ds["paper_share"] = ("released_tensor", list(released_share(tensor_norm).values()))
+    return ds
 
 
-def analyse_gradients(
+def _released_batch_norms(
+    model: DecisionTransformer, batch: Batch, clip: float, train_mode: bool, seed: int
+) -> dict[str, float]:
+    """{released block tensor: norm of its part of the batch gradient, clipped as a whole}, in
+    the released code's (HF's) order; the clip coefficient is taken over every parameter."""
+    grads = batch_grads(model, batch, train_mode=train_mode, seed=seed)
+    sq = {k: float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for k, g in grads.items()}
+    coef = float(clip_coefficients(np.sqrt(sum(sq.values())), max_norm=clip))
+    per_tensor: dict[str, float] = {}
+    for name, value in sq.items():
+        if (hf := released_tensor(name)) is not None:
+            per_tensor[hf] = per_tensor.get(hf, 0.0) + value
+    return {hf: float(np.sqrt(per_tensor[hf])) * coef for hf in sorted(per_tensor, key=_hf_order)}
+
+
+def _hf_order(hf: str) -> tuple[int, int]:
+    """Sort key of a released tensor name: block, then the tensor's place in an HF block."""
+    block, rest = hf.split(".", 1)
+    order = list(dict.fromkeys(RELEASED_TENSORS.values()))
+    return int(block), order.index(rest) if rest in order else len(order)
+
+
+def compute_gradients(
     run: Run,
     epoch: int = 1,
-    n: int = 100,
-    n_confusion: int = 50,
+    samples: int = 100,
+    confusion_samples: int = 50,
     clip: float = 0.25,
     train_mode: bool = True,
     seed: int = 0,
     chunk_size: int = 16,
-    write: bool = True,
+    paper_variant: bool = False,
 ) -> xr.Dataset:
-    """`gradient_stats` of `run`'s checkpoint `epoch` (-1: last) on its first `n` probe samples
-    (more are drawn like the probe). Writes `RUN/diagnostics/gradients.nc` and
-    `RUN/figures/gradients.png` unless `write=False`."""
+    """`gradient_stats` of `run`'s checkpoint `epoch` (-1: last) on its first `samples` probe
+    windows (more are drawn like the probe); `paper_variant`: the released formulas too."""
+    if not clip > 0:
+        raise DtlensError(f"--clip must be > 0, got {clip}")
+    if chunk_size < 1:
+        raise DtlensError(f"--chunk-size must be at least 1, got {chunk_size}")
     epoch = run.resolve_epochs([epoch])[0]
     model = run.load_model(epoch)
-    batch = run_batch(run, n)
-    ds = gradient_stats(model, batch, n_confusion, clip, train_mode, seed, chunk_size)
-    ds.attrs |= {
-        "run": run.name,
-        "epoch": epoch,
-        "init": run.config["train"]["init"],
-        "dataset": run.config["train"]["dataset"],
-    }
-    if write:
-        save_netcdf(ds, run.subdir("diagnostics") / "gradients.nc")
-        plot_gradients(ds, run.subdir("figures") / "gradients.png")
+    batch = run.windows(samples)
+    ds = gradient_stats(
+        model,
+        batch,
+        confusion_samples,
+        clip,
+        train_mode,
+        seed,
+        chunk_size,
+        paper_variant=paper_variant,
+    )
+    t = run.train_config
+    ds.attrs |= {"run": run.name, "epoch": epoch, "init": t.init, "dataset": t.dataset}
     return ds
 
 
@@ -125,12 +183,13 @@ def top_tensors(ds: xr.Dataset, k: int = 5) -> xr.Dataset:
 
 def plot_gradients(ds: xr.Dataset, path: str | Path, k: int = 10) -> Path:
     """Box plots as the paper's: per-sample norm before/after clipping; the top tensors' share."""
-    from dtlens.report.figures import panels, save_figure
-
     fig, axes = panels(1, 2, size=(4.5, 3.6))
     ax = axes[0, 0]
-    ax.boxplot([ds["norm"].values, ds["norm_clipped"].values])
-    ax.set_xticks([1, 2], ["before clipping", "after clipping"], fontsize=8)
+    boxes = {"before clipping": ds["norm"], "after clipping": ds["norm_clipped"]}
+    if "paper_norm" in ds:
+        boxes["paper's formula"] = ds["paper_norm"]
+    ax.boxplot([v.values for v in boxes.values()])
+    ax.set_xticks(range(1, len(boxes) + 1), list(boxes), fontsize=8)
     ax.axhline(ds.attrs["clip"], color="grey", ls="--", lw=0.8, label=f"clip {ds.attrs['clip']}")
     ax.set_yscale("log")
     ax.set_ylabel("per-sample gradient norm", fontsize=8)
@@ -149,3 +208,81 @@ def plot_gradients(ds: xr.Dataset, path: str | Path, k: int = 10) -> Path:
         fontsize=9,
     )
     return save_figure(fig, path)
+
+
+#: The layer the paper singles out: block 0's first norm (ImageGPT: 89% of the gradient norm),
+#: its weight and bias, as dtlens names them and as the released code does.
+FIRST_NORM = ("backbone.blocks.0.ln1.w", "backbone.blocks.0.ln1.b")
+RELEASED_FIRST_NORM = ("0.ln_1.weight", "0.ln_1.bias")
+
+
+def summary(ds: xr.Dataset) -> Table:
+    clip = ds.attrs["clip"]
+    norms = [("norm", "before clipping"), ("norm_clipped", f"after clipping {clip}")]
+    if "paper_norm" in ds:
+        norms.append(("paper_norm", "paper's formula: block tensors x clip coefficient"))
+    rows = [
+        [label, *(float(f(ds[var].values)) for f in (np.min, np.median, np.mean, np.max))]
+        for var, label in norms
+    ]
+    rows.append(
+        ["share of samples clipped", float((ds["clip_coef"].values < 1).mean()), "", "", ""]
+    )
+    rows.append(["gradient confusion", float(ds["confusion"]), "", "", ""])
+    if "paper_confusion" in ds:
+        rows.append(["paper's formula: confusion, block tensors", float(ds["paper_confusion"])])
+    top = top_tensors(ds, 5)
+    rows += [
+        [f"share: {name}", float(share), "", "", ""]
+        for name, share in zip(top.tensor.values, top["share_mean"].values, strict=True)
+    ]
+    rows.append(["share: block 0's ln1 (w + b)", _correct_first_norm_share(ds), "", "", ""])
+    if "paper_share" in ds:
+        rows.append(["paper's formula: share of 0.ln_1 (weight + bias)", first_norm_share(ds)])
+    rows = [row + [""] * (5 - len(row)) for row in rows]
+    title = (
+        f"gradients of {ds.attrs['run']} epoch {ds.attrs['epoch']} ({ds.sizes['sample']} samples, "
+        f"{'train' if ds.attrs['train_mode'] else 'eval'} mode)"
+    )
+    return Table(title, ["per-sample gradient", "min / value", "median", "mean", "max"], rows)
+
+
+def _correct_first_norm_share(ds: xr.Dataset) -> float:
+    """Mean per-sample share of the squared gradient norm (all parameters) in block 0's ln1."""
+    present = [t for t in FIRST_NORM if t in ds.tensor]
+    return float(ds["share_mean"].sel(tensor=present).sum()) if present else np.nan
+
+
+def first_norm_share(ds: xr.Dataset) -> float:
+    """Block 0's first norm's share of the gradient norm, weight and bias together: the released
+    formula (`paper_share`: norms over the sum of the block tensors' norms, batch gradient) when
+    the paper variant was computed, as the paper's 89% is; else the mean per-sample share of the
+    squared norm over all parameters."""
+    if "paper_share" not in ds:
+        return _correct_first_norm_share(ds)
+    present = [t for t in RELEASED_FIRST_NORM if t in ds.released_tensor]
+    return float(ds["paper_share"].sel(released_tensor=present).sum()) if present else np.nan
+
+
+DIAGNOSTIC = Diagnostic(
+    name="gradients",
+    title="4. Gradients early in fine-tuning",
+    compute=compute_gradients,
+    plot=plot_gradients,
+    summary=summary,
+    finding=Finding(
+        claim=CLAIMS["gradients"],
+        short="image: gradient concentrated in block 0's first norm",
+        statistic=(
+            "share of block 0's first norm (weight + bias) in the gradient norm; with the paper "
+            "variant the released formula, as the paper's 89% (its norm over the sum of the "
+            "block tensors' norms, clipped batch gradient), else the mean per-sample share of "
+            "the squared norm over all parameters"
+        ),
+        expect="greater",
+        a="image",
+        b="random",
+        value=first_norm_share,
+    ),
+    preset_options={"epoch": "gradient_epoch", "paper_variant": "paper_variants"},
+)

@@ -5,10 +5,15 @@ the paper we report the minimum pairwise cosine similarity. `GramAccumulator` bu
 Gram matrix of the per-sample gradients one parameter tensor (or any column block) at a time,
 in float64, so the (n, P) gradient matrix never has to exist. The cosine with a zero gradient is
 defined as 0 (such a sample neither helps nor hurts the others), so no NaN appears.
+
+The paper's released code (``analysis/signal_propagation.py`` and
+``analysis/section-54-gradient-analysis/``) computes these on the GPT-2 blocks' tensors only and
+after clipping; `released_tensor`, `released_confusion` and `released_share` reproduce it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +24,26 @@ from dtlens.errors import DtlensError
 
 Array = np.ndarray | torch.Tensor
 _BLOCK_ELEMENTS = 1 << 22  # float64 copies are made in blocks of at most 32 MiB
+_BLOCK = re.compile(r"^backbone\.blocks\.(\d+)\.(.+)$")
+#: A DT block's TransformerLens tensors -> the HF GPT-2 tensor holding them, in HF's order.
+RELEASED_TENSORS = {
+    "ln1.w": "ln_1.weight",
+    "ln1.b": "ln_1.bias",
+    "attn.W_Q": "attn.c_attn.weight",
+    "attn.W_K": "attn.c_attn.weight",
+    "attn.W_V": "attn.c_attn.weight",
+    "attn.b_Q": "attn.c_attn.bias",
+    "attn.b_K": "attn.c_attn.bias",
+    "attn.b_V": "attn.c_attn.bias",
+    "attn.W_O": "attn.c_proj.weight",
+    "attn.b_O": "attn.c_proj.bias",
+    "ln2.w": "ln_2.weight",
+    "ln2.b": "ln_2.bias",
+    "mlp.W_in": "mlp.c_fc.weight",
+    "mlp.b_in": "mlp.c_fc.bias",
+    "mlp.W_out": "mlp.c_proj.weight",
+    "mlp.b_out": "mlp.c_proj.bias",
+}
 
 
 def _float64(a: Array) -> np.ndarray:
@@ -105,3 +130,53 @@ def share_of_norm(
         raise DtlensError("squared norms must be finite and non-negative")
     total = sq.sum(axis=-1, keepdims=True)
     return np.where(total > 0, sq / np.where(total > 0, total, 1.0), 0.0)
+
+
+def released_tensor(name: str) -> str | None:
+    """The name, in the released code's ``model.transformer.h.named_parameters()``, of the HF
+    GPT-2 tensor holding the DT parameter `name` ("backbone.blocks.0.attn.W_Q" ->
+    "0.attn.c_attn.weight"); None outside the blocks. A block tensor GPT-2 has no counterpart of
+    keeps its own name."""
+    m = _BLOCK.match(name)
+    if m is None:
+        return None
+    block, rest = m.groups()
+    return f"{block}.{RELEASED_TENSORS.get(rest, rest)}"
+
+
+def released_confusion(
+    block_gram: Float[np.ndarray, "n n"], clip_coef: Float[Array, " n"], eps: float = 1e-6
+) -> float:
+    """Gradient confusion as released: the minimum over ALL n^2 pairs (i = j included) of
+    <a_i, a_j> / (eps + |a_i| |a_j|), a_i = clip_coef_i g_i the clipped gradient over the block
+    tensors only, from the Gram matrix of the unclipped block gradients.
+
+    Released: ``signal_propagation.py:get_gradients`` backpropagates each sample alone, calls
+    ``clip_grad_norm_(model.parameters(), 0.25)`` (the coefficient from every parameter) and
+    concatenates the grads of ``model.transformer.h`` only; ``compute_grad_confusion.py`` takes
+    ``min`` of ``torch.dot(g1, g2) / (1e-6 + norm(g1) * norm(g2))`` over both loops.
+    """
+    c = _float64(clip_coef)
+    if block_gram.shape != (len(c), len(c)):
+        raise DtlensError(f"Gram {block_gram.shape} and {len(c)} clip coefficients disagree")
+    gram = block_gram * c[:, None] * c[None, :]
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    return float((gram / (eps + norms[:, None] * norms[None, :])).min())
+
+
+def released_share(tensor_norms: Mapping[str, float]) -> dict[str, float]:
+    """Each tensor's norm over the sum of the tensors' norms (not squared), as released.
+
+    Released: ``signal_propagation.py:get_gradients_grad_per_norm`` backpropagates the whole
+    batch's loss, clips it at 0.25 and stores ``torch.norm`` of each ``model.transformer.h``
+    tensor's grad (c_attn's q, k and v in one tensor); ``compute_grad_norm.py`` divides each by
+    ``np.sum`` of them all and reports "0.ln_1.weight" and "0.ln_1.bias" (the paper's 89% is the
+    two together). Clipping scales every tensor alike, so it leaves the shares unchanged. Unlike
+    `share_of_norm` the shares do not add up over a split of a tensor, and they come from the
+    batch gradient, not per sample.
+    """
+    norms = {k: float(v) for k, v in tensor_norms.items()}
+    if any(not v >= 0 or not np.isfinite(v) for v in norms.values()):
+        raise DtlensError("tensor norms must be finite and non-negative")
+    total = sum(norms.values())
+    return {k: v / total if total > 0 else 0.0 for k, v in norms.items()}

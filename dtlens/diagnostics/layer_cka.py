@@ -18,6 +18,7 @@ diagonal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ from matplotlib.figure import Figure
 import dtlens
 from dtlens.capture import ensure_capture, load_capture
 from dtlens.diagnostics.cka import Kernel, cka_matrix, cka_paper_variant
+from dtlens.diagnostics.claims import CLAIMS
+from dtlens.diagnostics.contract import Diagnostic, Finding, Table
 from dtlens.errors import DtlensError
-from dtlens.io import save_netcdf
 from dtlens.model.dt import TOKEN_TYPES
-from dtlens.report.figures import heatmap, panels, save_figure
+from dtlens.plotting import heatmap, panels, save_figure
 from dtlens.train.run import Run
 
 TYPES = (*TOKEN_TYPES, "all")
@@ -112,6 +114,7 @@ def layer_cka(
         attrs={
             "kernel": kernel,
             "debiased": int(debiased),
+            "samples": a.sizes["sample"],
             "probe_hash": a.attrs["probe_hash"],
             "dtlens_version": dtlens.__version__,
         }
@@ -162,26 +165,69 @@ def plot_layer_cka(ds: xr.Dataset) -> Figure:
     return fig
 
 
-def run_layer_cka(
-    run_a: Run,
-    epoch_a: int,
-    run_b: Run,
-    epoch_b: int,
+def compute_layer_cka(
+    run: Run,
+    epochs: Sequence[int] = (0, -1),
+    other: Run | None = None,
     kernel: Kernel = "linear",
     debiased: bool = True,
     embed: bool = True,
     paper_variant: bool = False,
-) -> tuple[xr.Dataset, Path, Path]:
-    """CKA of `run_a` at `epoch_a` vs `run_b` at `epoch_b` (-1 = last) on the probe batch,
-    capturing what is missing; writes `diagnostics/cka.nc` and `figures/cka.png` in `run_a`
-    (`cka-vs-<run_b>` for two runs). Returns (dataset, .nc path, .png path)."""
+) -> xr.Dataset:
+    """CKA of `run` at `epochs[0]` vs `other` (default: `run`) at `epochs[-1]` (-1 = last) on
+    the probe batch, capturing what is missing."""
     if kernel not in ("linear", "rbf"):
         raise DtlensError(f"unknown CKA kernel {kernel!r}: use 'linear' or 'rbf'")
-    [epoch_a], [epoch_b] = run_a.resolve_epochs([epoch_a]), run_b.resolve_epochs([epoch_b])
+    if len(epochs) not in (1, 2):
+        raise DtlensError(f"--epochs takes one or two epochs, got {list(epochs)}")
+    other = run if other is None else other
+    [epoch_a], [epoch_b] = run.resolve_epochs([epochs[0]]), other.resolve_epochs([epochs[-1]])
     hooks = ["resid_post", *(["tokens"] if embed else [])]
-    path_a, path_b = ensure_capture(run_a, epoch_a, hooks), ensure_capture(run_b, epoch_b, hooks)
+    path_a, path_b = ensure_capture(run, epoch_a, hooks), ensure_capture(other, epoch_b, hooks)
     with load_capture(path_a) as a, load_capture(path_b) as b:
-        ds = layer_cka(a, b, kernel, debiased, embed, paper_variant)
-    name = "cka" if run_a.path.resolve() == run_b.path.resolve() else f"cka-vs-{run_b.name}"
-    nc = save_netcdf(ds, run_a.subdir("diagnostics") / f"{name}.nc")
-    return ds, nc, save_figure(plot_layer_cka(ds), run_a.subdir("figures") / f"{name}.png")
+        return layer_cka(a, b, kernel, debiased, embed, paper_variant)
+
+
+def plot_cka(ds: xr.Dataset, path: Path) -> Path:
+    return save_figure(plot_layer_cka(ds), path)
+
+
+def summary(ds: xr.Dataset) -> Table:
+    """Layer i vs layer i, per token type, for every variant."""
+    header = ["layer"]
+    rows = []
+    for variant in ds["variant"].values:
+        diag = diagonal(ds, str(variant))
+        header = ["variant", "layer", *map(str, diag["token_type"].values)]
+        for label, row in zip(layer_labels(diag["layer"].values), diag.values.T, strict=True):
+            rows.append([str(variant), label, *(float(v) for v in row)])
+    title = (
+        f"CKA: {_side(ds, 'a')} vs {_side(ds, 'b')} (same layer, "
+        f"{ds.attrs.get('samples', '?')} samples)"
+    )
+    return Table(title, header, rows)
+
+
+def mean_diagonal(ds: xr.Dataset) -> float:
+    """Mean over blocks and the three token types of the same-layer CKA at the last timestep."""
+    d = diagonal(ds, "last")
+    return float(
+        d.sel(token_type=list(TOKEN_TYPES), layer=[x for x in d.layer.values if x >= 0]).mean()
+    )
+
+
+DIAGNOSTIC = Diagnostic(
+    name="cka",
+    title="1. Representation change (CKA)",
+    compute=compute_layer_cka,
+    plot=plot_cka,
+    summary=summary,
+    finding=Finding(
+        claim=CLAIMS["cka"],
+        short="pretrained < random",
+        statistic="mean same-layer CKA (blocks, last timestep's R/s/a tokens), epoch 0 vs last",
+        expect="less",
+        value=mean_diagonal,
+    ),
+    preset_options={"paper_variant": "paper_variants"},
+)

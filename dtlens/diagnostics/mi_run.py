@@ -28,18 +28,17 @@ import xarray as xr
 from jaxtyping import Float
 
 import dtlens
-from dtlens.capture import capture, run_batch
+from dtlens.capture import capture
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.mutual_info import estimate
+from dtlens.diagnostics.claims import CLAIMS
+from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.mutual_info import DEFAULT_METHOD, estimate, permutation_null
 from dtlens.errors import DtlensError
-from dtlens.io import save_netcdf
 from dtlens.model.dt import TOKEN_TYPES
+from dtlens.plotting import panels, save_figure
 from dtlens.train.run import Run
 
 QUANTITIES = ("I(X;T)", "I(Y;T)")
-#: Options `estimate` gets unless the caller sets them. KSG fails on 128- to 768-dim
-#: representations with ~100 samples, so both sides are projected onto 5 principal components.
-DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"ksg": {"reduce": 5}}
 
 
 def default_blocks(n_layers: int) -> list[int]:
@@ -56,14 +55,16 @@ def last_step(resid: xr.DataArray, token_type: str) -> Float[np.ndarray, "sample
 def information(
     resid_post: xr.DataArray,
     batch: Batch,
-    method: str = "ksg",
+    method: str | None = None,
     seeds: list[int] | None = None,
+    null_shuffles: int = 5,
     **options: Any,
 ) -> xr.Dataset:
     """I(X;T) and I(Y;T) (see the module docstring) for every `layer` of `resid_post`
-    (sample, layer, position, d_model) captured on `batch`."""
+    (sample, layer, position, d_model) captured on `batch`, each with a permutation null of
+    `null_shuffles` shuffles of X's rows (0: none). `method=None`: the calibrated default."""
     seeds = [0, 1, 2] if seeds is None else list(seeds)
-    options = DEFAULT_OPTIONS.get(method, {}) | options
+    method_options = options | ({} if method is None else {"method": method})
     inputs = {
         "return": batch.returns_to_go[:, -1],
         "state": batch.states[:, -1],
@@ -73,19 +74,23 @@ def information(
     shape = (len(QUANTITIES), resid_post.sizes["layer"], len(TOKEN_TYPES))
     values = np.full((*shape, len(seeds)), np.nan)
     train = np.full(shape, np.nan)
+    null = np.full((*shape, max(null_shuffles, 1)), np.nan)
     for b, layer in enumerate(resid_post.layer.values):
         resid = resid_post.sel(layer=layer)
         at_state = last_step(resid, "state")
         for t, token in enumerate(TOKEN_TYPES):
             pairs = ((inputs[token], at_state), (target, last_step(resid, token)))
             for q, (x, y) in enumerate(pairs):
-                result = estimate(x, y, method=method, seeds=seeds, **options)
+                result = estimate(x, y, seeds=seeds, **method_options)
                 values[q, b, t] = result.values
                 train[q, b, t] = np.nan if result.train_value is None else result.train_value
+                if null_shuffles:
+                    null[q, b, t] = permutation_null(x, y, null_shuffles, **method_options)
     values[~np.isfinite(values)] = np.nan
     count = np.isfinite(values).sum(axis=-1)
     mean = np.nansum(values, axis=-1) / np.maximum(count, 1)
     sq = np.nansum((values - mean[..., None]) ** 2, axis=-1)
+    null_mean = np.nanmean(null, axis=-1) if null_shuffles else np.full(shape, np.nan)
     dims = ("quantity", "block", "token_type")
     return xr.Dataset(
         {
@@ -94,40 +99,49 @@ def information(
             "std": (dims, np.where(count > 1, np.sqrt(sq / np.maximum(count - 1, 1)), np.nan)),
             "diverged": (dims, len(seeds) - count),
             "train_mean": (dims, train),
+            "null": (dims + ("shuffle",), null),
+            "null_mean": (dims, null_mean),
+            "above_null": (dims, np.where(count > 0, mean, np.nan) - null_mean),
         },
         coords={
             "quantity": list(QUANTITIES),
             "block": resid_post.layer.values,
             "token_type": list(TOKEN_TYPES),
             "seed": seeds,
+            "shuffle": np.arange(null.shape[-1]),
         },
-        attrs={"method": method, "options": json.dumps(options, sort_keys=True), "units": "nats"},
+        attrs={
+            "method": method or DEFAULT_METHOD,
+            "options": json.dumps(options, sort_keys=True),
+            "null_shuffles": null_shuffles,
+            "units": "nats",
+        },
     )
 
 
-def mutual_info_run(
+def compute_mutual_info(
     run: Run,
     epoch: int = -1,
     blocks: list[int] | None = None,
-    method: str = "ksg",
+    method: str | None = None,
     seeds: int = 3,
-    samples: int | None = None,
-    paper: bool = False,
     seed: int = 0,
-    write: bool = True,
+    samples: int | None = None,
+    null_shuffles: int = 5,
+    paper: bool = False,
     **options: Any,
 ) -> xr.Dataset:
     """I(X;T) and I(Y;T) of `run`'s checkpoint `epoch` (-1: last) at `blocks` (default first,
     middle, last) on its probe batch (or `samples` windows drawn like it), with `seeds` seeds
-    from `seed`. `paper=True`: MINE with the paper's protocol, one seed. Writes
-    `RUN/diagnostics/mutual_info.nc` and `RUN/figures/mutual_info.png` unless `write=False`."""
+    from `seed` and a permutation null. `paper=True`: MINE with the paper's protocol, one seed."""
     if paper:
-        if method != "mine":
+        if method not in (None, "mine"):
             raise DtlensError(f"--paper reproduces the paper's MINE; it cannot use {method}")
-        options = {"preset": "paper"} | options
-        seeds = 1
+        method, options, seeds = "mine", {"preset": "paper"} | options, 1
     if seeds < 1:
-        raise DtlensError(f"seeds must be at least 1, got {seeds}")
+        raise DtlensError(f"--seeds must be at least 1, got {seeds}")
+    if null_shuffles < 0:
+        raise DtlensError(f"--null-shuffles must be at least 0, got {null_shuffles}")
     epoch = run.resolve_epochs([epoch])[0]
     model = run.load_model(epoch)
     n_layers = model.cfg.n_layers
@@ -135,31 +149,32 @@ def mutual_info_run(
     bad = [b for b in blocks if not 0 <= b < n_layers]
     if bad:
         raise DtlensError(f"no block {bad} in a {n_layers}-block model (blocks 0..{n_layers - 1})")
-    batch = run_batch(run, samples)
+    batch = run.windows(samples)
     acts = capture(model, batch, hooks=[f"backbone.blocks.{b}.hook_resid_post" for b in blocks])
     ds = information(
-        acts.resid_post.sel(layer=blocks), batch, method, list(range(seed, seed + seeds)), **options
+        acts.resid_post.sel(layer=blocks),
+        batch,
+        method,
+        list(range(seed, seed + seeds)),
+        null_shuffles,
+        **options,
     )
+    t = run.train_config
     ds.attrs |= {
         "run": run.name,
         "epoch": epoch,
-        "init": run.config["train"]["init"],
-        "dataset": run.config["train"]["dataset"],
+        "init": t.init,
+        "dataset": t.dataset,
         "samples": len(batch),
         "paper": int(paper),
         "probe_hash": acts.attrs["probe_hash"],
         "dtlens_version": dtlens.__version__,
     }
-    if write:
-        save_netcdf(ds, run.subdir("diagnostics") / "mutual_info.nc")
-        plot_mutual_info(ds, run.subdir("figures") / "mutual_info.png")
     return ds
 
 
 def plot_mutual_info(ds: xr.Dataset, path: str | Path) -> Path:
     """One panel per quantity: bars per block and token type, error bars = std over seeds."""
-    from dtlens.report.figures import panels, save_figure
-
     fig, axes = panels(1, len(ds.quantity), size=(4.2, 3.2))
     blocks = [f"block {b}" for b in ds.block.values]
     x = np.arange(len(blocks))
@@ -170,11 +185,13 @@ def plot_mutual_info(ds: xr.Dataset, path: str | Path) -> Path:
             t = q.sel(token_type=token)
             offset = (i - (len(ds.token_type) - 1) / 2) * width
             ax.bar(x + offset, t["mean"], width, yerr=np.nan_to_num(t["std"]), label=str(token))
+            if "null_mean" in t:
+                ax.scatter(x + offset, t["null_mean"], marker="_", s=80, color="black", zorder=3)
             for j, n in enumerate(t["diverged"].values):
                 if n:
                     ax.annotate(f"{n} NaN", (x[j] + offset, 0), fontsize=6, ha="center")
         ax.set_xticks(x, blocks, fontsize=8)
-        ax.set_ylabel("nats", fontsize=8)
+        ax.set_ylabel("nats (black dash: permutation null)", fontsize=8)
         what = "input token X" if quantity == QUANTITIES[0] else "position of T"
         ax.set_title(f"{quantity} by {what}", fontsize=9)
         ax.legend(fontsize=7)
@@ -184,3 +201,54 @@ def plot_mutual_info(ds: xr.Dataset, path: str | Path) -> Path:
         fontsize=9,
     )
     return save_figure(fig, path)
+
+
+def summary(ds: xr.Dataset) -> Table:
+    rows = []
+    for quantity in ds.quantity.values:
+        for block in ds.block.values:
+            for token in ds.token_type.values:
+                c = ds.sel(quantity=quantity, block=block, token_type=token)
+                rows.append(
+                    [
+                        str(quantity),
+                        int(block),
+                        str(token),
+                        float(c["mean"]),
+                        float(c["std"]),
+                        float(c["null_mean"]),
+                        float(c["above_null"]),
+                        int(c["diverged"]),
+                    ]
+                )
+    title = (
+        f"mutual information of {ds.attrs['run']} epoch {ds.attrs['epoch']} (nats; "
+        f"{ds.attrs['method']}, {ds.sizes['seed']} seed(s), {ds.attrs['samples']} samples, "
+        f"null of {ds.attrs['null_shuffles']} shuffles)"
+    )
+    header = ["quantity", "block", "token", "MI", "± std", "null", "MI above null", "diverged"]
+    return Table(title, header, rows)
+
+
+def mean_above_null(ds: xr.Dataset) -> float:
+    """Mean over quantities, blocks and token types of the MI above its permutation null (the
+    raw MI when no null was computed)."""
+    above = ds["above_null"] if int(ds.attrs.get("null_shuffles", 0)) else ds["mean"]
+    return float(above.mean())
+
+
+DIAGNOSTIC = Diagnostic(
+    name="mutual_info",
+    title="2. Information about the data (mutual information)",
+    compute=compute_mutual_info,
+    plot=plot_mutual_info,
+    summary=summary,
+    finding=Finding(
+        claim=CLAIMS["mi"],
+        short="pretrained < random",
+        statistic="mean MI above the permutation null, I(X;T) and I(Y;T), blocks and tokens",
+        expect="less",
+        value=mean_above_null,
+    ),
+    preset_options={"blocks": "mi_blocks", "seeds": "mi_seeds", "samples": "mi_samples"},
+)

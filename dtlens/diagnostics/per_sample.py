@@ -21,6 +21,9 @@ vmapped function therefore feeds constant timesteps and puts each sample's own t
 in at `hook_time_embed` (the timesteps are range-checked before). It indexes the embedding
 table rather than calling `nn.Embedding`: the same values, but vmap's rule for the embedding's
 backward is ~50x slower and larger.
+
+`batch_grads` is the plain gradient of the whole batch's loss (one backward pass), which the
+paper's per-tensor share uses.
 """
 
 from __future__ import annotations
@@ -89,6 +92,15 @@ def _mode(model: DecisionTransformer, train: bool) -> Iterator[None]:
         model.train(was_training)
 
 
+def _checked_names(model: DecisionTransformer, params: list[str] | None) -> list[str]:
+    known = used_parameters(model)
+    names = known if params is None else list(params)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise DtlensError(f"not a trainable parameter the DT uses: {unknown}")
+    return names
+
+
 def _check_timesteps(model: DecisionTransformer, batch: Batch) -> None:
     t = batch.timesteps
     if t.min() < 0 or t.max() >= model.cfg.max_ep_len:
@@ -144,11 +156,7 @@ def iter_per_sample_grads(
     module docstring). `train_mode` = dropout on, as the paper; `seed` fixes the dropout masks."""
     if chunk_size < 1:
         raise DtlensError(f"chunk_size must be at least 1, got {chunk_size}")
-    known = used_parameters(model)
-    names = known if params is None else list(params)
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise DtlensError(f"not a trainable parameter the DT uses: {unknown}")
+    names = _checked_names(model, params)
     batch = batch.to(model.device)
     _check_timesteps(model, batch)
     devices = [model.device] if model.device.type == "cuda" else []
@@ -158,3 +166,30 @@ def iter_per_sample_grads(
             grads = _group_grads(model, batch, group, chunk_size, train_mode)
         for name in group:
             yield name, grads.pop(name)
+
+
+def batch_grads(
+    model: DecisionTransformer,
+    batch: Batch,
+    params: list[str] | None = None,
+    train_mode: bool = True,
+    seed: int = 0,
+) -> dict[str, Float[Tensor, "..."]]:
+    """{name: gradient} of the batch's action loss (the mean over every real step of the batch,
+    as in training) w.r.t. `params` (default: every parameter the DT uses), one backward pass.
+    `train_mode` = dropout on, its masks drawn after `torch.manual_seed(seed)`; the global RNG
+    state, the model's mode and its `.grad`s are left as they were."""
+    names = _checked_names(model, params)
+    batch = batch.to(model.device)
+    _check_timesteps(model, batch)
+    devices = [model.device] if model.device.type == "cuda" else []
+    with _mode(model, train_mode), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        pred = model(
+            batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.attention_mask
+        )
+        err = ((pred - batch.actions) ** 2).mean(-1)
+        mask = batch.attention_mask.to(err.dtype)
+        loss = (err * mask).sum() / mask.sum()
+        grads = torch.autograd.grad(loss, [model.get_parameter(n) for n in names])
+    return dict(zip(names, grads, strict=True))

@@ -9,9 +9,13 @@ For each tensor, a = before and b = after (float64):
 - `cosine` = <a, b> / (||a|| ||b||); 1 for equal tensors (zero ones included), else 0 if either
   is zero.
 
-Coordinates along `tensor`: `block` (-1 outside the blocks), `kind` (attention, mlp, norm,
-embedding, head) and `part` (backbone, embeddings, head). Skipped: the backbone's parameters a DT
-never uses (token/position embeddings, unembedding) and TransformerLens's attention buffers.
+Any two modules or state dicts with the same parameter names and shapes compare (two DTs, two
+bare TransformerLens backbones, two HF GPT-2s). Coordinates along `tensor`: `block` (-1 outside
+the blocks), `kind` (attention, mlp, norm, embedding, head) and `part` (backbone, embeddings,
+head) for a DT's names; any other name, a bare backbone's or an HF model's included, is
+(-1, "other", "other"), so only DTs get per-block breakdowns. Skipped: the parameters a DT's
+backbone never uses (token/position embeddings, unembedding), TransformerLens's attention buffers,
+and the buffers of a module given as such (so a module compares with its own state dict).
 `aggregate` combines tensors exactly: the result equals the statistics of the concatenated vectors.
 """
 
@@ -19,32 +23,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 import dtlens
 from dtlens.errors import DtlensError
-from dtlens.io import save_netcdf
 from dtlens.model.backbones import UNUSED_BY_DT
-from dtlens.report.figures import grouped_bars, panels, save_figure
-from dtlens.train.run import Run
 
 SUMS = ("l2_sq", "norm_before_sq", "norm_after_sq", "dot")  # ||a - b||^2, ||a||^2, ||b||^2, <a, b>
 ADDITIVE = (*SUMS, "numel")
 BLOCK = re.compile(r"^backbone\.blocks\.(\d+)\.(attn|mlp|ln\d)\.")
 SKIP = tuple(f"backbone.{prefix}" for prefix in UNUSED_BY_DT)
 BUFFERS = re.compile(r"\.attn\.(mask|IGNORE|rotary_sin|rotary_cos)$")  # TransformerLens's
-KINDS = ("attention", "mlp", "norm", "embedding", "head")
+KINDS = ("attention", "mlp", "norm", "embedding", "head", "other")
+SHOWN = 3  # mismatched names an error lists
 StateDict = Mapping[str, Tensor]
 
 
 def classify(name: str) -> tuple[int, str, str]:
-    """(block, kind, part) of a DT parameter name."""
+    """(block, kind, part) of a DT parameter name; (-1, "other", "other") for any other name."""
     if m := BLOCK.match(name):
         kind = {"attn": "attention", "mlp": "mlp"}.get(m.group(2), "norm")
         return int(m.group(1)), kind, "backbone"
@@ -56,13 +56,42 @@ def classify(name: str) -> tuple[int, str, str]:
         return -1, "embedding", "embeddings"
     if name.startswith("predict_action."):
         return -1, "head", "head"
-    raise DtlensError(f"not a Decision Transformer parameter: {name}")
+    return -1, "other", "other"
 
 
-def _params(x: StateDict | nn.Module) -> dict[str, Tensor]:
-    """The parameters of a DT or of its state dict (buffers and unused parameters dropped)."""
-    sd = dict(x.named_parameters()) if isinstance(x, nn.Module) else dict(x)
-    return {k: v for k, v in sd.items() if not k.startswith(SKIP) and not BUFFERS.search(k)}
+def _tensors(x: StateDict | nn.Module) -> tuple[dict[str, Tensor], set[str]]:
+    """The named tensors of `x` (a module's parameters, tied ones under each name, or a state
+    dict's entries) and the names known to be buffers (a module's)."""
+    if isinstance(x, nn.Module):
+        buffers = {n for n, _ in x.named_buffers(remove_duplicate=False)}
+        return dict(x.named_parameters(remove_duplicate=False)), buffers
+    return dict(x), set()
+
+
+def _listed(names: Sequence[str]) -> str:
+    more = f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def _check_same(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    """One error line naming the first few names found on one side only or differing in shape."""
+    only_a, only_b = [k for k in a if k not in b], [k for k in b if k not in a]
+    shapes = [
+        f"{k}: shape {tuple(a[k].shape)} vs {tuple(b[k].shape)}"
+        for k in a
+        if k in b and a[k].shape != b[k].shape
+    ]
+    problems = [f"only in before: {_listed(only_a)}"] if only_a else []
+    problems += [f"only in after: {_listed(only_b)}"] if only_b else []
+    problems += [_listed(shapes)] if shapes else []
+    if problems:
+        raise DtlensError("the models have different parameters: " + "; ".join(problems))
+    if not a:
+        raise DtlensError("the models have no parameters to compare")
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(SKIP) or bool(BUFFERS.search(name))
 
 
 def _with_ratios(ds: xr.Dataset) -> xr.Dataset:
@@ -80,19 +109,15 @@ def _with_ratios(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
-def _flat_pair(name: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    if x.shape != y.shape:
-        raise DtlensError(f"{name}: shape {tuple(x.shape)} vs {tuple(y.shape)}")
-    return x.detach().double().flatten(), y.detach().double().flatten()
-
-
 @torch.no_grad()
 def weight_change(before: StateDict | nn.Module, after: StateDict | nn.Module) -> xr.Dataset:
-    """Per-tensor change from `before` to `after` (two DTs or their state dicts)."""
-    a, b = _params(before), _params(after)
-    if a.keys() != b.keys():
-        raise DtlensError(f"the models have different parameters: {sorted(a.keys() ^ b.keys())}")
-    pairs = [_flat_pair(name, a[name], b[name]) for name in a]
+    """Per-tensor change from `before` to `after`: two modules or state dicts with the same
+    parameter names and shapes (DTs, backbones, HF models, in any mix of module and state dict)."""
+    (a, buffers_a), (b, buffers_b) = _tensors(before), _tensors(after)
+    drop = buffers_a | buffers_b
+    a, b = ({k: v for k, v in x.items() if k not in drop and not _skipped(k)} for x in (a, b))
+    _check_same(a, b)
+    pairs = [(a[k].detach().double().flatten(), b[k].detach().double().flatten()) for k in a]
     sums = torch.stack([torch.stack([(x - y) @ (x - y), x @ x, y @ y, x @ y]) for x, y in pairs])
     block, kind, part = zip(*(classify(name) for name in a), strict=True)
     ds = xr.Dataset(
@@ -113,45 +138,3 @@ def aggregate(ds: xr.Dataset, by: str = "block") -> xr.Dataset:
     """Combine the tensors of each group of the coordinate `by` (block, kind or part): the
     statistics of each group's concatenated vectors."""
     return _with_ratios(ds[list(ADDITIVE)].groupby(by).sum()).assign_attrs(ds.attrs)
-
-
-def plot_weight_change(ds: xr.Dataset) -> Figure:
-    """Cosine similarity and relative change per block (groups) and kind (bars)."""
-    blocks = np.unique(ds["block"].values)
-    kinds = [k for k in KINDS if k in ds["kind"].values]
-    per_kind = {
-        k: aggregate(ds.isel(tensor=ds["kind"].values == k), "block").reindex(block=blocks)
-        for k in kinds
-    }
-    labels = ["outside" if b == -1 else str(b) for b in blocks]
-    fig, axes = panels(1, 2, size=(max(4.0, 0.35 * len(blocks) * len(kinds)), 3.2))
-    for ax, var, title in zip(
-        axes[0],
-        ("cosine", "relative"),
-        ("cosine(before, after)", "||after - before|| / ||before||"),
-        strict=True,
-    ):
-        grouped_bars(ax, labels, {k: agg[var].values for k, agg in per_kind.items()}, title, var)
-    fig.suptitle(
-        f"weight change of {ds.attrs.get('run', '')}: epoch {ds.attrs.get('epoch_before', '')} "
-        f"-> {ds.attrs.get('epoch_after', '')}",
-        fontsize=10,
-    )
-    return fig
-
-
-def run_weight_change(run: Run, epochs: Sequence[int] = (0, -1)) -> tuple[xr.Dataset, Path, Path]:
-    """Weight change of `run` between two epochs (-1 = last); writes `diagnostics/weights.nc` and
-    `figures/weights.png`. Returns (dataset, .nc path, .png path)."""
-    if len(epochs) != 2:
-        raise DtlensError(f"weight change compares two epochs, got {list(epochs)}")
-    first, last = run.resolve_epochs(list(epochs))
-    ds = weight_change(run.load_model(first), run.load_model(last)).assign_attrs(
-        run=run.name,
-        epoch_before=first,
-        epoch_after=last,
-        init=run.config["train"]["init"],
-        dataset=run.config["train"]["dataset"],
-    )
-    nc = save_netcdf(ds, run.subdir("diagnostics") / "weights.nc")
-    return ds, nc, save_figure(plot_weight_change(ds), run.subdir("figures") / "weights.png")

@@ -16,37 +16,45 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtlens.data.registry import load_dataset
+from dtlens.diagnostics.registry import RUN_DIAGNOSTICS, STUDY_DIAGNOSTICS
 from dtlens.errors import DtlensError
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
-from dtlens.experiments.studies import (
-    block_swap_specs,
-    spec_for,
-    write_block_study,
-    write_context_study,
-)
-from dtlens.io import load_json, save_json, save_netcdf
+from dtlens.experiments.studies import block_swap_specs, spec_for
+from dtlens.io import load_json, save_json
+from dtlens.locks import folder_lock
+from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
+from dtlens.pretrain import image, text
+from dtlens.train.run import Run
+
+PRETRAIN = {"text": text, "image": image}
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class Plan:
-    """The runs of one dataset, by role."""
+    """The runs of one dataset, by role. Keys name roles (random / language / image), not inits,
+    so that the report reads any preset alike."""
 
     label: str
-    main: dict[tuple[str, int], RunSpec]  # (init, seed) -> K=20 run
-    no_context: dict[tuple[str, int], RunSpec]  # (init, K) -> run, seed 0
-    no_clip: dict[str, RunSpec]  # init -> K=20 run without gradient clipping
-    block_swap: dict[str, RunSpec] = field(default_factory=dict)  # variant -> K=1 run
+    main: dict[tuple[str, int], RunSpec]  # (role, seed) -> K=20 run
+    no_context: dict[tuple[str, int, int], RunSpec]  # (role, K, seed) -> run
+    no_clip: dict[tuple[str, int], RunSpec]  # (role, seed) -> K=20 run without clipping
+    block_swap: dict[tuple[str, int], RunSpec] = field(default_factory=dict)  # (variant, seed)
 
     def roles(self) -> dict:
         """Run names by role, as the report reads them (JSON keys are strings)."""
+
+        def names(runs: dict) -> dict[str, str]:
+            return {"|".join(map(str, key)): spec.name for key, spec in runs.items()}
+
         return {
-            "main": {f"{i}|{s}": spec.name for (i, s), spec in self.main.items()},
-            "no_context": {f"{i}|{k}": spec.name for (i, k), spec in self.no_context.items()},
-            "no_clip": {i: spec.name for i, spec in self.no_clip.items()},
-            "block_swap": {v: spec.name for v, spec in self.block_swap.items()},
+            "main": names(self.main),
+            "no_context": names(self.no_context),
+            "no_clip": names(self.no_clip),
+            "block_swap": names(self.block_swap),
         }
 
     def specs(self) -> list[RunSpec]:
@@ -60,31 +68,30 @@ class Plan:
 
 
 def plan(preset: Preset) -> list[Plan]:
+    """Every compared condition with every seed of the preset."""
+    roles = {"random": preset.random, "language": preset.language, "image": preset.image}
     plans = []
     for label, dataset in preset.datasets.items():
         base = preset.train.replace(
             dataset=dataset, env_id=preset.env_ids.get(label), probe_size=preset.probe_size
         )
-        seed0 = preset.seeds[0]
-        main = {
-            (init, seed): spec_for(base.replace(init=init, seed=seed, context_len=20))
-            for init in preset.inits
-            for seed in preset.seeds
-        }
-        no_context = {
-            (init, k): spec_for(base.replace(init=init, seed=seed0, context_len=k))
-            for init in (preset.random, preset.language)
-            for k in (1, 20)
-        }
-        no_clip = {
-            preset.image: spec_for(base.replace(init=preset.image, seed=seed0, grad_clip=None))
-        }
-        swap_base = base.replace(
-            seed=seed0,
-            epochs=preset.block_swap_epochs.get(label, base.epochs),
-            size=preset.block_swap_size,
-        )
-        swap = block_swap_specs(swap_base, preset.language, context=1)
+        main, no_context, no_clip, swap = {}, {}, {}, {}
+        for seed in preset.seeds:
+            cfg = base.replace(seed=seed, context_len=20)
+            for who, init in roles.items():
+                main[(who, seed)] = spec_for(cfg.replace(init=init))
+            for who in ("random", "language"):
+                for k in (1, 20):
+                    no_context[(who, k, seed)] = spec_for(
+                        cfg.replace(init=roles[who], context_len=k)
+                    )
+            no_clip[("image", seed)] = spec_for(cfg.replace(init=preset.image, grad_clip=None))
+            swap_base = cfg.replace(
+                epochs=preset.block_swap_epochs.get(label, base.epochs),
+                size=preset.block_swap_size,
+            )
+            for variant, spec in block_swap_specs(swap_base, preset.language, context=1).items():
+                swap[(variant, seed)] = spec
         plans.append(Plan(label, main, no_context, no_clip, swap))
     return plans
 
@@ -108,28 +115,21 @@ def claim_folder(out: Path, preset: Preset) -> None:
 
 def prepare(preset: Preset, log: Log) -> None:
     """Datasets (embedded ones are collected once) and embedded backbones (pretrained once)."""
-    from dtlens.data import load_dataset
-    from dtlens.model.inits import EMBEDDED
-
     for label, dataset in preset.datasets.items():
         t0 = time.perf_counter()
         ds = load_dataset(dataset, env_id=preset.env_ids.get(label))
         log(f"dataset {label}: {dataset} ({len(ds)} transitions, {time.perf_counter() - t0:.0f} s)")
     for init in preset.inits:
-        if init in EMBEDDED:
+        if init in EMBEDDED_BACKBONES:
             ensure_embedded_backbone(init, log)
 
 
 def ensure_embedded_backbone(name: str, log: Log) -> None:
-    from dtlens import pretrain
-
     try:
-        pretrain.backbone_path(name)
+        embedded_backbone_path(name)
     except DtlensError:
-        import importlib
-
         log(f"pretraining the embedded {name} backbone (once)")
-        importlib.import_module(f"dtlens.pretrain.{name}").build(progress=False)
+        PRETRAIN[name].build(progress=False)
 
 
 def reproduce(
@@ -139,10 +139,15 @@ def reproduce(
     scheduler: str | None = None,
     log: Log = print,
 ) -> Path:
-    """Run the whole study of `preset` into `out` and write the report; returns report.md."""
-    from dtlens.report.report import write_report
-
+    """Run the whole study of `preset` into `out` (runs, then every diagnostic); returns `out`.
+    `dtlens.report.write_report(out)` then writes the report."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        return _reproduce(preset, out, workers, scheduler, log)
+
+
+def _reproduce(preset: Preset, out: Path, workers: int, scheduler: str | None, log: Log) -> Path:
     claim_folder(out, preset)
     t0 = time.perf_counter()
     prepare(preset, log)
@@ -167,7 +172,7 @@ def reproduce(
         load_json(out / "reproduce.json") | {"wall_time_s": time.perf_counter() - t0},
         out / "reproduce.json",
     )
-    return write_report(out)
+    return out
 
 
 def _log_outcome(log: Log) -> Callable[[RunOutcome], None]:
@@ -178,18 +183,9 @@ def _log_outcome(log: Log) -> Callable[[RunOutcome], None]:
 
 
 def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None:
-    """Every diagnostic of one dataset's runs; a diagnostic that fails is logged, not fatal."""
-    from dtlens.diagnostics.attention_run import attention_distances, plot_attention
-    from dtlens.diagnostics.gradient_run import analyse_gradients
-    from dtlens.diagnostics.layer_cka import run_layer_cka
-    from dtlens.diagnostics.mi_run import mutual_info_run
-    from dtlens.diagnostics.weights import run_weight_change
-    from dtlens.train.run import Run
-
+    """Every registered diagnostic of one dataset's runs, every seed; a diagnostic that fails is
+    logged, not fatal."""
     runs = root / "runs"
-
-    def run_of(spec: RunSpec) -> Run | None:
-        return Run(runs / spec.name) if spec.name in ok else None
 
     def step(what: str, fn: Callable[[], object]) -> None:
         t0 = time.perf_counter()
@@ -199,35 +195,20 @@ def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None
         except Exception as e:  # one broken diagnostic must not lose the others
             log(f"  {what} FAILED: {e}")
 
-    seed0 = preset.seeds[0]
-    for init in preset.inits:
-        run = run_of(p.main[(init, seed0)])
-        if run is None:
-            continue
-        step(f"CKA {run.name}", lambda r=run: run_layer_cka(r, 0, r, -1, paper_variant=True))
-        step(f"weight change {run.name}", lambda r=run: run_weight_change(r))
-        step(
-            f"gradients {run.name}", lambda r=run: analyse_gradients(r, epoch=preset.gradient_epoch)
-        )
-        step(
-            f"mutual information {run.name}",
-            lambda r=run: mutual_info_run(r, blocks=preset.mi_blocks, seeds=preset.mi_seeds),
-        )
-    for init in (preset.random, preset.language):
-        run = run_of(p.no_context[(init, 1)])
-        if run is None:
-            continue
-        epochs = [e for e in preset.attention_epochs if e in run.epochs()]
-
-        def attention(r=run, e=epochs):
-            ds = attention_distances(r, e, context_len=20, paper_variant=True)
-            save_netcdf(ds, r.subdir("diagnostics") / "attention.nc")
-            plot_attention(ds, r.subdir("figures") / "attention.png")
-
-        step(f"attention distance {run.name}", attention)
-    context_runs = {k: r for k, s in p.no_context.items() if (r := run_of(s))}
-    if context_runs:
-        step("no-context comparison", lambda: write_context_study(context_runs, root))
-    swap_runs = {k: r for k, s in p.block_swap.items() if (r := run_of(s))}
-    if swap_runs:
-        step("block-swap comparison", lambda: write_block_study(swap_runs, root))
+    by_role = {
+        "main": {k: Run(runs / s.name) for k, s in p.main.items() if s.name in ok},
+        "k1": {
+            (who, seed): Run(runs / s.name)
+            for (who, k, seed), s in p.no_context.items()
+            if k == 1 and s.name in ok
+        },
+    }
+    for diag in RUN_DIAGNOSTICS.values():
+        options = {opt: getattr(preset, attr) for opt, attr in diag.preset_options.items()}
+        for run in by_role[diag.runs].values():
+            step(f"{diag.name} {run.name}", lambda d=diag, r=run, o=options: d.write(r, **o))
+    studies = {"no_context": p.no_context, "block_swap": p.block_swap}
+    for name, diag in STUDY_DIAGNOSTICS.items():
+        finished = {k: Run(runs / s.name) for k, s in studies[name].items() if s.name in ok}
+        if finished:
+            step(f"{name} comparison", lambda d=diag, f=finished: d.write(f, root))

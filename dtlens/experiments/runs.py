@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dtlens.errors import DtlensError
 from dtlens.train.config import TrainConfig
+from dtlens.train.loop import train
+from dtlens.train.run import Run
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,8 @@ def run_status(path: Path, cfg: TrainConfig) -> str:
     A folder holding a run of another config is an error, never reused."""
     if not (path / "config.json").is_file():
         return "new"
-    from dtlens.train.run import Run
-
     run = Run(path)
-    saved = TrainConfig.from_dict(run.config["train"])
+    saved = run.train_config
     if diff := saved.differences(cfg):
         raise DtlensError(f"{path}: holds a run of another config (differs in {diff})")
     epochs = run.epochs()
@@ -50,8 +50,6 @@ def run_status(path: Path, cfg: TrainConfig) -> str:
 def execute_one(spec: RunSpec, root: str, threads: int = 0) -> RunOutcome:
     """Train one run (resuming a partial one). Runs inside a dask worker or this process."""
     import torch
-
-    from dtlens.train.loop import train
 
     if threads:
         torch.set_num_threads(threads)

@@ -10,32 +10,35 @@ from pathlib import Path
 
 import xarray as xr
 
-from dtlens.diagnostics.blocks import compare_blocks
-from dtlens.diagnostics.context import compare_context
+from dtlens.diagnostics import blocks as blocks_study
+from dtlens.diagnostics import context
 from dtlens.errors import DtlensError
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
-from dtlens.io import save_netcdf
+from dtlens.model.backbones import backbone_config
 from dtlens.model.config import BackboneConfig
 from dtlens.model.inits import resolve_backbone
-from dtlens.report.learning import plot_blocks, plot_context
 from dtlens.train.config import TrainConfig
 from dtlens.train.run import Run
 
 
-def no_context_specs(base: TrainConfig, inits: list[str], contexts=(1, 20)) -> dict:
-    """{(init, K): RunSpec} for every init at every context length."""
+def no_context_specs(
+    base: TrainConfig, inits: list[str], contexts=(1, 20), seeds: list[int] | None = None
+) -> dict:
+    """{(init, K, seed): RunSpec} for every init at every context length and seed (default: the
+    base config's seed)."""
     if not inits:
         raise DtlensError("no inits given")
     return {
-        (init, k): spec_for(base.replace(init=init, context_len=k))
+        (init, k, seed): spec_for(base.replace(init=init, context_len=k, seed=seed))
         for init in inits
         for k in contexts
+        for seed in (seeds or [base.seed])
     }
 
 
 def check_donor(donor: str, size: BackboneConfig, imagegpt_norm: str = "rms") -> None:
     """Fail before any run if the donor's blocks cannot go into a random DT of `size`."""
-    theirs = BackboneConfig.from_tl(resolve_backbone(donor, imagegpt_norm=imagegpt_norm).cfg)
+    theirs = backbone_config(resolve_backbone(donor, imagegpt_norm=imagegpt_norm).cfg)
     fields = ("d_model", "n_heads", "d_mlp", "act_fn", "normalization_type")
     diff = [
         f"{f} {getattr(theirs, f)} != {getattr(size, f)}"
@@ -98,14 +101,15 @@ def run_no_context(
     workers: int = 1,
     scheduler: str | None = None,
     on_done=None,
+    seeds: list[int] | None = None,
 ) -> tuple[xr.Dataset, list[RunOutcome]]:
     out = Path(out)
-    specs = no_context_specs(base, inits, contexts)
+    specs = no_context_specs(base, inits, contexts, seeds)
     outcomes = execute(specs.values(), out / "runs", workers, scheduler, on_done)
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
-    return write_context_study(runs, out), outcomes
+    return context.DIAGNOSTIC.write(runs, out).ds, outcomes
 
 
 def run_block_swap(
@@ -120,25 +124,9 @@ def run_block_swap(
 ) -> tuple[xr.Dataset, list[RunOutcome]]:
     out = Path(out)
     check_donor(donor, base.size, base.imagegpt_norm)
-    specs = block_swap_specs(base, donor, blocks, context)
+    specs = {(v, base.seed): s for v, s in block_swap_specs(base, donor, blocks, context).items()}
     outcomes = execute(specs.values(), out / "runs", workers, scheduler, on_done)
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
-    return write_block_study(runs, out), outcomes
-
-
-def write_context_study(runs: dict[tuple[str, int], Run], out: Path) -> xr.Dataset:
-    """Compare finished (init, K) runs; write `diagnostics/no_context.nc` and its figure."""
-    ds = compare_context(runs)
-    save_netcdf(ds, out / "diagnostics" / "no_context.nc")
-    plot_context(ds, out / "figures" / "no_context.png")
-    return ds
-
-
-def write_block_study(runs: dict[str, Run], out: Path) -> xr.Dataset:
-    """Compare finished block-swap variants; write `diagnostics/block_swap.nc` and its figure."""
-    ds = compare_blocks(runs)
-    save_netcdf(ds, out / "diagnostics" / "block_swap.nc")
-    plot_blocks(ds, out / "figures" / "block_swap.png")
-    return ds
+    return blocks_study.DIAGNOSTIC.write(runs, out).ds, outcomes

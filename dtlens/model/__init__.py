@@ -1,6 +1,12 @@
-"""Decision Transformer on a TransformerLens backbone: configs, builders, checkpoints."""
+"""DTConfig, DecisionTransformer, backbone builders, HF converters, block surgery, checkpoints."""
 
-from dtlens.model.config import BackboneConfig, DTConfig
-from dtlens.model.dt import TOKEN_TYPES, DecisionTransformer
+from dtlens.lazy import lazy_exports
 
-__all__ = ["BackboneConfig", "DTConfig", "DecisionTransformer", "TOKEN_TYPES"]
+_EXPORTS = {
+    "BackboneConfig": "dtlens.model.config",
+    "DTConfig": "dtlens.model.config",
+    "TOKEN_TYPES": "dtlens.model.dt",
+    "DecisionTransformer": "dtlens.model.dt",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

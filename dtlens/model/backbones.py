@@ -12,18 +12,13 @@ import os
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
+from safetensors import safe_open
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+import dtlens.model.activations  # noqa: F401  (registers quick_gelu before any config is built)
 from dtlens.errors import DtlensError
-from dtlens.io import load_tensors, save_tensors
+from dtlens.io import save_tensors
 from dtlens.model.config import BackboneConfig
-
-#: The paper's random init: GPT-2 layout, 12 layers, d=768, one head, ReLU.
-PAPER_RANDOM = BackboneConfig(
-    n_layers=12, d_model=768, n_heads=1, d_mlp=3072, act_fn="relu", normalization_type="LN"
-)
-#: The `mini` preset's size, shared by its random, language and image backbones.
-MINI = BackboneConfig(n_layers=3, d_model=128, n_heads=4, d_mlp=512)
 
 HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
 
@@ -31,9 +26,45 @@ HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
 UNUSED_BY_DT = ("embed.", "pos_embed.", "unembed.")
 
 
+def tl_config(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformerConfig:
+    """The TransformerLens config. A DT never uses the token/position embeddings or the
+    unembedding, so they get the smallest possible size (d_vocab=1, n_ctx=1)."""
+    return HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp,
+        act_fn=cfg.act_fn,
+        normalization_type=cfg.normalization_type,
+        eps=cfg.eps,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+        default_prepend_bos=False,
+        init_weights=False,
+        device="cpu",
+        dtype=torch.float32,
+    )
+
+
+def backbone_config(cfg: HookedTransformerConfig) -> BackboneConfig:
+    """The BackboneConfig of a TransformerLens config."""
+    return BackboneConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_mlp=cfg.d_mlp,
+        act_fn=cfg.act_fn,
+        normalization_type=cfg.normalization_type,
+        eps=cfg.eps,
+    )
+
+
 def new_backbone(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformer:
     """An uninitialised HookedTransformer (weights are torch.empty)."""
-    return HookedTransformer(cfg.to_tl(d_vocab=d_vocab, n_ctx=n_ctx), move_to_device=False)
+    return HookedTransformer(tl_config(cfg, d_vocab=d_vocab, n_ctx=n_ctx), move_to_device=False)
 
 
 @torch.no_grad()
@@ -67,7 +98,7 @@ def save_backbone(model: HookedTransformer, path: str | os.PathLike, **meta: obj
     """A backbone as one safetensors file; its config and `meta` go in the JSON header."""
     header = {
         "kind": "backbone",
-        "backbone": BackboneConfig.from_tl(model.cfg).__dict__,
+        "backbone": backbone_config(model.cfg).__dict__,
         "d_vocab": model.cfg.d_vocab,
         "n_ctx": model.cfg.n_ctx,
         "meta": meta,
@@ -78,8 +109,6 @@ def save_backbone(model: HookedTransformer, path: str | os.PathLike, **meta: obj
 
 def read_header(path: str | os.PathLike) -> dict:
     """The dtlens JSON header of a safetensors file (backbone or DT checkpoint)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise DtlensError(f"{path}: file not found")
@@ -91,22 +120,6 @@ def read_header(path: str | os.PathLike) -> dict:
     if "dtlens" not in meta:
         raise DtlensError(f"{path}: safetensors file without a dtlens header")
     return json.loads(meta["dtlens"])
-
-
-def load_backbone_file(path: str | os.PathLike) -> HookedTransformer:
-    """Load a backbone saved by `save_backbone`, or the backbone of a DT checkpoint."""
-    header = read_header(path)
-    tensors = load_tensors(path)
-    if header["kind"] == "dt":
-        from dtlens.model.checkpoint import load_model
-
-        return load_model(path).backbone
-    if header["kind"] != "backbone":
-        raise DtlensError(f"{path}: unknown dtlens checkpoint kind {header['kind']!r}")
-    cfg = BackboneConfig(**header["backbone"])
-    model = new_backbone(cfg, d_vocab=header["d_vocab"], n_ctx=header["n_ctx"])
-    load_params(model, tensors, source=str(path))
-    return model
 
 
 def load_params(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -1,4 +1,7 @@
-"""Typed configs: the backbone's architecture and the Decision Transformer around it."""
+"""Typed configs: the backbone's architecture and the Decision Transformer around it.
+
+Plain dataclasses (no torch): the CLI and the train config read them without loading a model.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-from transformer_lens import HookedTransformerConfig
-
-import dtlens.model.activations  # noqa: F401  (registers quick_gelu before any config is built)
 from dtlens.errors import DtlensError
 
 Norm = Literal["LN", "RMS"]
@@ -41,39 +40,13 @@ class BackboneConfig:
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
-    def to_tl(self, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformerConfig:
-        """The TransformerLens config. A DT never uses the token/position embeddings or the
-        unembedding, so they get the smallest possible size (d_vocab=1, n_ctx=1)."""
-        return HookedTransformerConfig(
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            d_head=self.d_head,
-            d_mlp=self.d_mlp,
-            act_fn=self.act_fn,
-            normalization_type=self.normalization_type,
-            eps=self.eps,
-            d_vocab=d_vocab,
-            n_ctx=n_ctx,
-            positional_embedding_type="standard",
-            original_architecture="GPT2LMHeadModel",
-            default_prepend_bos=False,
-            init_weights=False,
-            device="cpu",
-            dtype=torch.float32,
-        )
 
-    @classmethod
-    def from_tl(cls, cfg: HookedTransformerConfig) -> BackboneConfig:
-        return cls(
-            n_layers=cfg.n_layers,
-            d_model=cfg.d_model,
-            n_heads=cfg.n_heads,
-            d_mlp=cfg.d_mlp,
-            act_fn=cfg.act_fn,
-            normalization_type=cfg.normalization_type,
-            eps=cfg.eps,
-        )
+#: The paper's random init: GPT-2 layout, 12 layers, d=768, one head, ReLU.
+PAPER_RANDOM = BackboneConfig(
+    n_layers=12, d_model=768, n_heads=1, d_mlp=3072, act_fn="relu", normalization_type="LN"
+)
+#: The `mini` preset's size, shared by its random, language and image backbones.
+MINI = BackboneConfig(n_layers=3, d_model=128, n_heads=4, d_mlp=512)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from transformer_lens import HookedRootModule, HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import UNUSED_BY_DT, random_backbone
-from dtlens.model.config import BackboneConfig, DTConfig
+from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, load_params, random_backbone
+from dtlens.model.config import DTConfig
+from dtlens.model.convert import backbone_config_from_hf, convert_gpt2_blocks
 from dtlens.model.fast import fused_blocks
 
 TOKEN_TYPES = ("return", "state", "action")
@@ -63,7 +64,7 @@ class DecisionTransformer(HookedRootModule):
     # -- construction --------------------------------------------------------------------------
     def load_backbone(self, backbone: HookedTransformer) -> None:
         """Copy the blocks and final norm of `backbone` (same architecture) into this DT."""
-        found = BackboneConfig.from_tl(backbone.cfg)
+        found = backbone_config(backbone.cfg)
         if found != self.cfg.backbone:
             raise DtlensError(
                 f"backbone does not match the DT config: {found} != {self.cfg.backbone}"
@@ -207,7 +208,37 @@ class DecisionTransformer(HookedRootModule):
         return fired
 
     @classmethod
+    @torch.no_grad()
     def from_hf(cls, hf_dt: nn.Module) -> DecisionTransformer:
-        from dtlens.model.convert import dt_from_hf
+        """An HF DecisionTransformerModel as a dtlens DecisionTransformer, same predictions.
 
-        return dt_from_hf(hf_dt)
+        HF adds the position-0 embedding `wpe[0]` to every token after the embedding LayerNorm;
+        that is a constant, so it is folded into the LayerNorm's bias. The state and return heads
+        are not carried over (dtlens trains and probes the action head only).
+        """
+        if type(hf_dt).__name__ != "DecisionTransformerModel":
+            raise DtlensError(
+                f"expected an HF DecisionTransformerModel, got {type(hf_dt).__name__}"
+            )
+        c = hf_dt.config
+        bcfg = backbone_config_from_hf(c)
+        cfg = DTConfig(
+            state_dim=c.state_dim,
+            act_dim=c.act_dim,
+            backbone=bcfg,
+            max_ep_len=c.max_ep_len,
+            resid_dropout=c.resid_pdrop,
+            attn_dropout=c.attn_pdrop,
+            embed_dropout=c.embd_pdrop,
+            action_tanh=c.action_tanh,
+        )
+        dt = cls(cfg)
+        sd = {k: v.detach().float() for k, v in hf_dt.encoder.state_dict().items()}
+        blocks = convert_gpt2_blocks(sd, bcfg)
+        own = {k: v.detach().clone() for k, v in dt.backbone.named_parameters() if k not in blocks}
+        load_params(dt.backbone, blocks | own, "HF DT")
+        for name in ("embed_return", "embed_state", "embed_action", "embed_timestep", "embed_ln"):
+            getattr(dt, name).load_state_dict(getattr(hf_dt, name).state_dict())
+        dt.embed_ln.bias += sd["wpe.weight"][0]
+        dt.predict_action.load_state_dict(hf_dt.predict_action[0].state_dict())
+        return dt

@@ -7,25 +7,13 @@ from pathlib import Path
 from transformer_lens import HookedTransformer
 
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import (
-    MINI,
-    PAPER_RANDOM,
-    load_backbone_file,
-    load_hf_pretrained,
-    random_backbone,
-)
-from dtlens.model.config import BackboneConfig
+from dtlens.model.backbones import load_hf_pretrained, random_backbone
+from dtlens.model.checkpoint import load_backbone_file
+from dtlens.model.config import MINI, PAPER_RANDOM, BackboneConfig
 from dtlens.model.convert import ImageGPTNorm, backbone_from_hf
+from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
 
-#: Backbones pretrained by `dtlens pretrain` and shipped with dtlens (the `mini` preset).
-EMBEDDED = ("text", "image")
-NAMED = ("random", "random-paper", "gpt2", "imagegpt", *EMBEDDED)
-
-
-def embedded_path(name: str) -> Path:
-    from dtlens.pretrain import backbone_path
-
-    return backbone_path(name)
+NAMED = ("random", "random-paper", "gpt2", "imagegpt", *EMBEDDED_BACKBONES)
 
 
 def resolve_backbone(
@@ -42,8 +30,8 @@ def resolve_backbone(
         return random_backbone(size, seed=seed)
     if init == "random-paper":
         return random_backbone(PAPER_RANDOM, seed=seed)
-    if init in EMBEDDED:
-        return load_backbone_file(embedded_path(init))
+    if init in EMBEDDED_BACKBONES:
+        return load_backbone_file(embedded_backbone_path(init))
     path = Path(init)
     if path.suffix == ".safetensors":
         return load_backbone_file(path)

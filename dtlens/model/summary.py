@@ -7,9 +7,11 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
-from dtlens.model.backbones import UNUSED_BY_DT, read_header
-from dtlens.model.config import BackboneConfig, DTConfig
+from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, read_header
+from dtlens.model.checkpoint import load_model
+from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
+from dtlens.model.inits import resolve_backbone
 
 
 def hook_patterns(names: list[str]) -> list[str]:
@@ -23,8 +25,6 @@ def hook_patterns(names: list[str]) -> list[str]:
 def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], list[str]]:
     path = Path(name)
     if path.suffix == ".safetensors" and read_header(path).get("kind") == "dt":
-        from dtlens.model.checkpoint import load_model
-
         dt = load_model(path)
         rows = _backbone_rows(dt.backbone) | {
             "kind": "Decision Transformer",
@@ -34,16 +34,14 @@ def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], 
             "parameters (whole DT)": sum(p.numel() for p in dt.parameters()),
         }
         return rows, hook_patterns(dt.hook_names())
-    from dtlens.model.inits import resolve_backbone
-
     backbone = resolve_backbone(name, imagegpt_norm=imagegpt_norm)
-    cfg = BackboneConfig.from_tl(backbone.cfg)
+    cfg = backbone_config(backbone.cfg)
     names = DecisionTransformer(DTConfig(state_dim=1, act_dim=1, backbone=cfg)).hook_names()
     return _backbone_rows(backbone) | {"kind": "backbone"}, hook_patterns(names)
 
 
 def _backbone_rows(backbone: HookedTransformer) -> dict[str, object]:
-    cfg = BackboneConfig.from_tl(backbone.cfg)
+    cfg = backbone_config(backbone.cfg)
     used = sum(p.numel() for n, p in backbone.named_parameters() if not n.startswith(UNUSED_BY_DT))
     return {
         "layers": cfg.n_layers,

@@ -6,7 +6,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from dtlens.errors import DtlensError
-from dtlens.model.config import BackboneConfig
+from dtlens.model.backbones import backbone_config
 
 
 @torch.no_grad()
@@ -17,7 +17,7 @@ def replace_block(target: HookedTransformer, donor: HookedTransformer, index: in
         raise DtlensError(
             f"block {index} out of range: the model has {n} blocks, the donor {donor.cfg.n_layers}"
         )
-    t, d = BackboneConfig.from_tl(target.cfg), BackboneConfig.from_tl(donor.cfg)
+    t, d = backbone_config(target.cfg), backbone_config(donor.cfg)
     if (t.d_model, t.n_heads, t.d_mlp, t.normalization_type) != (
         d.d_model,
         d.n_heads,

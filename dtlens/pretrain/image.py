@@ -19,15 +19,14 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from dtlens.model.backbones import MINI
-from dtlens.model.config import BackboneConfig
+from dtlens.model.config import MINI, BackboneConfig
+from dtlens.pretrain import STEPS
 from dtlens.pretrain.loop import Corpus, Result, Settings, pretrain
 
 FAMILY = "imagegpt"
 LEVELS = 17
 SOS = LEVELS
 SIDE = 8
-STEPS = 400
 BATCH_SIZE = 64
 LR = 2e-3
 HELDOUT_FRACTION = 0.15
@@ -85,7 +84,7 @@ def corpus(max_shift: int = MAX_SHIFT) -> Corpus:
 
 
 def build(
-    steps: int = STEPS,
+    steps: int = STEPS["image"],
     seed: int = 0,
     out: Path | None = None,
     size: BackboneConfig = MINI,

@@ -18,7 +18,7 @@ from transformer_lens import HookedTransformer
 
 from dtlens.model.backbones import init_gpt2_, new_backbone, save_backbone
 from dtlens.model.config import BackboneConfig
-from dtlens.pretrain import cache_path
+from dtlens.paths import backbone_cache_path
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def pretrain(
         "wall_seconds": round(time.perf_counter() - start, 1),
         "command": command,
     }
-    path = Path(out) if out is not None else cache_path(kind)
+    path = Path(out) if out is not None else backbone_cache_path(kind)
     return Result(save_backbone(model, path, **meta), meta)
 
 

@@ -17,13 +17,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from dtlens.model.backbones import MINI
-from dtlens.model.config import BackboneConfig
+from dtlens.model.config import MINI, BackboneConfig
+from dtlens.pretrain import STEPS
 from dtlens.pretrain.loop import Corpus, Result, Settings, pretrain
 
 FAMILY = "gpt2"
 N_CTX = 128
-STEPS = 600
 BATCH_SIZE = 32
 LR = 2e-3
 SYMBOLS = "\n" + "".join(map(chr, range(32, 127)))
@@ -93,7 +92,7 @@ def corpus(n_ctx: int = N_CTX) -> Corpus:
 
 
 def build(
-    steps: int = STEPS,
+    steps: int = STEPS["text"],
     seed: int = 0,
     out: Path | None = None,
     size: BackboneConfig = MINI,

@@ -1,14 +1,30 @@
-"""TrainConfig: every knob of a fine-tuning run, with the paper's values as defaults."""
+"""TrainConfig: every knob of a fine-tuning run, with the paper's values as defaults.
+
+Each field's metadata names its CLI flag and a one-line help (`flag(name)`, `help_text(name)`):
+the CLI is built from them and validation messages speak in the same flags.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import MINI
-from dtlens.model.config import BackboneConfig
+from dtlens.model.config import MINI, BackboneConfig
+
+DEVICE = re.compile(r"cpu|cuda|cuda:\d+|mps|auto")
+
+
+def _opt(default: Any, flag: str | None, help: str) -> Any:
+    """A field with its CLI flag (None: not one flag) and one-line help; a callable default is a
+    factory."""
+    metadata = {"flag": flag, "help": help}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -16,49 +32,107 @@ class TrainConfig:
     """Defaults follow PAPER.md: K=20, batch 64, AdamW 1e-4 / wd 1e-4, 5000 warm-up steps (Takagi),
     40 epochs x 2500 steps, dropout 0.2 / 0.1, clip 0.25, action MSE; seeds 666 and 42."""
 
-    init: str = "random"
-    dataset: str = "mini/hopper-medium"
-    env_id: str | None = None  # None: the dataset's own (D4RL files name none: pass it)
-    context_len: int = 20
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 5000
-    epochs: int = 40
-    steps_per_epoch: int = 2500
-    grad_clip: float | None = 0.25
-    seed: int = 666
-    rtg_scale: float = 1000.0
-    max_ep_len: int = 1000
-    target_return: float | None = None  # None: the env's default (hopper 3600, ...)
-    eval_episodes: int = 10
-    eval_every: int = 1
-    eval_max_steps: int = 1000
-    replace_block: int | None = None
-    donor: str | None = None
-    size: BackboneConfig = field(default_factory=lambda: MINI)  # shapes `random` only
-    imagegpt_norm: str = "rms"
-    resid_dropout: float = 0.2
-    attn_dropout: float = 0.1
-    embed_dropout: float = 0.1
-    probe_size: int = 100
-    probe_seed: int = 0
-    device: str = "cpu"
+    init: str = _opt(
+        "random",
+        "--init",
+        "random, random-paper, gpt2, imagegpt, text, image, an HF directory "
+        "or a dtlens .safetensors file.",
+    )
+    dataset: str = _opt("mini/hopper-medium", "--dataset", "Embedded id, D4RL .hdf5, or Minari id.")
+    env_id: str | None = _opt(
+        None, "--env-id", "Gymnasium env for evaluation (default: the dataset's)."
+    )
+    context_len: int = _opt(20, "--context", "K timesteps per window (1 = no context; paper 20).")
+    batch_size: int = _opt(64, "--batch-size", "Windows per step (paper 64).")
+    lr: float = _opt(1e-4, "--lr", "AdamW learning rate after warm-up (paper 1e-4).")
+    weight_decay: float = _opt(1e-4, "--weight-decay", "AdamW weight decay (paper 1e-4).")
+    warmup_steps: int = _opt(
+        5000, "--warmup", "Linear warm-up steps (Takagi 5000, Reid 10000; 0 = none)."
+    )
+    epochs: int = _opt(40, "--epochs", "Epochs to train; with --resume, the new total (paper 40).")
+    steps_per_epoch: int = _opt(2500, "--steps", "Steps per epoch (paper 2500).")
+    grad_clip: float | None = _opt(
+        0.25, "--clip", "Gradient-norm clip value (paper 0.25; --no-clip for none)."
+    )
+    seed: int = _opt(666, "--seed", "Seed of init, sampling and evaluation (paper 666 and 42).")
+    rtg_scale: float = _opt(
+        1000.0, "--rtg-scale", "Returns-to-go are divided by this (paper 1000)."
+    )
+    max_ep_len: int = _opt(1000, "--max-ep-len", "Longest episode: size of the timestep embedding.")
+    target_return: float | None = _opt(
+        None, "--target-return", "Return-to-go target (default: per env, hopper 3600, ...)."
+    )
+    eval_episodes: int = _opt(10, "--eval-episodes", "Evaluation episodes per epoch (0 = none).")
+    eval_every: int = _opt(1, "--eval-every", "Evaluate every N epochs (and after the last).")
+    eval_max_steps: int = _opt(1000, "--eval-max-steps", "Step limit of an evaluation episode.")
+    replace_block: int | None = _opt(
+        None, "--replace-block", "Random-init DT with this block from --donor."
+    )
+    donor: str | None = _opt(None, "--donor", "Init that donates the block (with --replace-block).")
+    size: BackboneConfig = _opt(
+        lambda: MINI,
+        None,
+        "Random init: the backbone's shape (--layers, --d-model, --heads; d_mlp = 4 x d_model).",
+    )
+    imagegpt_norm: str = _opt("rms", "--imagegpt-norm", "rms, or layernorm for the paper's quirk.")
+    resid_dropout: float = _opt(0.2, "--resid-dropout", "Residual and MLP dropout (paper 0.2).")
+    attn_dropout: float = _opt(0.1, "--attn-dropout", "Attention dropout (paper 0.1).")
+    embed_dropout: float = _opt(0.1, "--embed-dropout", "Embedding dropout (paper 0.1).")
+    probe_size: int = _opt(
+        100, "--probe-size", "Fixed probe windows every diagnostic uses (paper 100)."
+    )
+    probe_seed: int = _opt(0, "--probe-seed", "Seed that draws the probe windows.")
+    device: str = _opt("cpu", "--device", "cpu, cuda, cuda:N, mps, or auto (the best available).")
 
     def __post_init__(self) -> None:
         if isinstance(self.size, dict):
             object.__setattr__(self, "size", BackboneConfig(**self.size))
-        for name in ("context_len", "batch_size", "epochs", "steps_per_epoch", "probe_size"):
-            if getattr(self, name) < 1:
-                raise DtlensError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self._check()
+
+    def _check(self) -> None:
+        """Every option in range, else DtlensError in the CLI's words."""
+        at_least = {
+            "context_len": 1,
+            "batch_size": 1,
+            "epochs": 1,
+            "steps_per_epoch": 1,
+            "probe_size": 1,
+            "warmup_steps": 0,
+            "eval_every": 1,
+            "eval_episodes": 0,
+            "eval_max_steps": 1,
+            "max_ep_len": 1,
+            "seed": 0,
+            "probe_seed": 0,
+        }
+        for name, low in at_least.items():
+            self._require(name, getattr(self, name) >= low, f"be >= {low}")
+        self._require("lr", self.lr > 0, "be > 0")
+        self._require("weight_decay", self.weight_decay >= 0, "be >= 0")
+        self._require("rtg_scale", self.rtg_scale > 0, "be > 0")
+        clip_ok = self.grad_clip is None or self.grad_clip > 0
+        self._require("grad_clip", clip_ok, "be > 0 (--no-clip for none)")
+        for name in ("resid_dropout", "attn_dropout", "embed_dropout"):
+            self._require(name, 0 <= getattr(self, name) < 1, "be in [0, 1)")
+        self._require("target_return", True, "be finite")
+        if self.replace_block is not None:
+            self._require("replace_block", self.replace_block >= 0, "be >= 0")
+        device_ok = bool(DEVICE.fullmatch(self.device))
+        self._require("device", device_ok, "be cpu, cuda, cuda:N, mps or auto")
+        norm_ok = self.imagegpt_norm in ("rms", "layernorm")
+        self._require("imagegpt_norm", norm_ok, "be rms or layernorm")
         if (self.replace_block is None) != (self.donor is None):
             raise DtlensError("--replace-block and --donor go together")
         if self.replace_block is not None and self.init != "random":
             raise DtlensError(
                 "--replace-block puts a donor block into a random-init DT: use --init random"
             )
-        if self.imagegpt_norm not in ("rms", "layernorm"):
-            raise DtlensError(f"imagegpt_norm must be rms or layernorm, got {self.imagegpt_norm}")
+
+    def _require(self, name: str, ok: bool, rule: str) -> None:
+        """DtlensError '--flag must RULE, got VALUE' unless `ok` (a float must also be finite)."""
+        value = getattr(self, name)
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise DtlensError(f"{flag(name)} must {rule}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,3 +151,16 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def flag(name: str) -> str:
+    """The CLI flag of TrainConfig field `name` (`--context` for context_len, ...)."""
+    return _FIELDS[name].metadata["flag"] or name
+
+
+def help_text(name: str) -> str:
+    """The one-line help of TrainConfig field `name`."""
+    return _FIELDS[name].metadata["help"]

@@ -1,14 +1,18 @@
 """The fine-tuning loop, top to bottom: data, model, optimiser, epochs, checkpoints, resume.
 
-A run killed at any point continues from its last checkpoint (`resume=True`) and, on CPU with the
-same seed, ends with the same weights as an uninterrupted run: the sampler's and torch's RNG
-states and the optimiser state are saved with every epoch.
+A run killed after its first epoch continues from its last checkpoint (`resume=True`) and, on
+CPU with the same seed, ends with the same weights as an uninterrupted run: the sampler's and
+torch's RNG states and the optimiser state are saved with every epoch. One killed in its first
+epoch leaves no run folder (only a partial one, removed by the next attempt) and starts again.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +29,10 @@ from dtlens.data.scores import target_return as default_target_return
 from dtlens.data.windows import WindowSampler, probe_batch, save_batch
 from dtlens.errors import DtlensError
 from dtlens.io import load_tensors, save_json, save_netcdf, save_tensors
-from dtlens.model.backbones import random_backbone, read_header
+from dtlens.locks import folder_lock
+from dtlens.model.backbones import backbone_config, random_backbone, read_header
 from dtlens.model.checkpoint import load_model, save_model
-from dtlens.model.config import BackboneConfig, DTConfig
+from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
 from dtlens.model.inits import resolve_backbone
 from dtlens.model.surgery import replace_block
@@ -57,7 +62,7 @@ def build_model(cfg: TrainConfig, state_dim: int, act_dim: int) -> DecisionTrans
     dt_cfg = DTConfig(
         state_dim=state_dim,
         act_dim=act_dim,
-        backbone=BackboneConfig.from_tl(backbone.cfg),
+        backbone=backbone_config(backbone.cfg),
         max_ep_len=cfg.max_ep_len,
         resid_dropout=cfg.resid_dropout,
         attn_dropout=cfg.attn_dropout,
@@ -80,31 +85,85 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
+def check_device(device: str) -> str:
+    """The torch device `device` (cpu, cuda, cuda:N, mps, auto) names here, or DtlensError if
+    this machine has no such device. `auto` picks cuda, then mps, then cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DtlensError(f"--device {device}: CUDA is not available here")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise DtlensError(f"--device {device}: this machine has {count} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise DtlensError(f"--device {device}: MPS is not available here")
+    return device
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Run:
-    """Fine-tune a DT as `cfg` says and write the run folder `out`."""
+    """Fine-tune a DT as `cfg` says and write the run folder `out`.
+
+    Only one process writes `out` at a time (`dtlens.locks.folder_lock`). A new run is built in
+    `.NAME.partial-PID` beside `out` and renamed to `out` once epoch 1 is complete, so `out` never
+    holds a half-made run (resuming from epoch 0 is starting again). Everything is checked before
+    anything is written; a file system error (read-only, disk full) becomes one DtlensError line.
+    """
     out = Path(out)
+    device = check_device(cfg.device)
     dataset = load_dataset(cfg.dataset, env_id=cfg.env_id)
-    env_id = dataset.env_id
-    if env_id is None:
+    if dataset.env_id is None:
         raise DtlensError(f"{cfg.dataset}: the dataset does not name its environment (pass env_id)")
     if cfg.eval_episodes > 0 and cfg.env_id is None:
-        dataset.check_env(env_id)
-    start_epoch = _prepare_folder(cfg, out, dataset, resume)
-    run = Run(out)
-    model = load_model(run.checkpoint_path(start_epoch)).to(cfg.device)
+        dataset.check_env(dataset.env_id)
+    try:
+        with folder_lock(out):
+            _remove_partials(out)
+            try:
+                _train(cfg, out, dataset, device, resume, progress)
+            finally:
+                _remove_partials(out, ignore_errors=True)  # a failed first epoch leaves nothing
+    except OSError as e:
+        resumable = (out / "config.json").is_file()
+        hint = "; --resume continues from the last complete epoch" if resumable else ""
+        raise DtlensError(f"cannot write {out}: {e.strerror or e} ({e.filename}){hint}") from None
+    return Run(out)
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    dataset: OfflineDataset,
+    device: str,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """The loop, in `out` (resume) or in a partial folder renamed to `out` after epoch 1."""
     sampler = WindowSampler(
         dataset,
         context_len=cfg.context_len,
         rtg_scale=cfg.rtg_scale,
         max_ep_len=cfg.max_ep_len,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if resume:
+        run, start_epoch = _check_resume(cfg, out, dataset)
+        work = out
+        model = load_model(run.checkpoint_path(start_epoch)).to(device)
+    else:
+        _check_new(out)
+        start_epoch, work = 0, out.parent / f".{out.name}.partial-{os.getpid()}"
+        model = _create_folder(cfg, work, dataset).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps, epochs = _read_metrics(out, start_epoch, cfg.steps_per_epoch)
     if start_epoch > 0:
         rng = _load_state(out, model, optimizer, start_epoch)
-    target = cfg.target_return or default_target_return(env_id)
+    if resume and run.config["train"] != cfg.to_dict():  # every check passed: epochs may grow
+        save_json(run.config | {"train": cfg.to_dict()}, out / "config.json")
+    target = cfg.target_return or default_target_return(dataset.env_id)
 
     model.train()
     with _progress_bar(progress) as bar:
@@ -122,7 +181,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 lr = learning_rate(cfg, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch = sampler.sample(cfg.batch_size, rng).to(cfg.device)
+                batch = sampler.sample(cfg.batch_size, rng).to(device)
                 loss = action_loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -143,7 +202,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             if cfg.eval_episodes > 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 res = evaluate(
                     model,
-                    env_id,
+                    dataset.env_id,
                     sampler.state_mean,
                     sampler.state_std,
                     target,
@@ -161,25 +220,51 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 }
                 bar.update(task, info=f"epoch {epoch} return {res.return_mean:.0f}")
             epochs.append(record)
-            _save_epoch(out, model, optimizer, rng, epoch, steps, epochs, cfg)
-    return run
+            _save_epoch(work, model, optimizer, rng, epoch, steps, epochs, cfg, name=out.name)
+            if work != out:
+                os.rename(work, out)  # the run appears whole, with epochs 0 and 1
+                work = out
 
 
 # -- run folder ----------------------------------------------------------------------------------
-def _prepare_folder(cfg: TrainConfig, out: Path, dataset: OfflineDataset, resume: bool) -> int:
-    """Create the run folder (config, probe batch, epoch 0), or check it for `resume`.
-    Returns the epoch to continue from."""
+def _remove_partials(out: Path, ignore_errors: bool = False) -> None:
+    """Remove the partial folders of `out`: with its lock held, none has a live writer."""
+    for partial in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=ignore_errors)
+
+
+def _check_new(out: Path) -> None:
+    """A new run goes to a folder that does not exist yet, or is empty."""
     if (out / "config.json").is_file():
-        run = Run(out)
-        saved = TrainConfig.from_dict(run.config["train"])
-        if not resume:
-            raise DtlensError(f"{out}: a run already exists here; use --resume or another folder")
-        if diff := saved.differences(cfg):
-            raise DtlensError(f"{out}: --resume on a run of another config (differs in {diff})")
-        save_json(run.config | {"train": cfg.to_dict()}, out / "config.json")  # epochs may grow
-        return _last_complete_epoch(run)
-    if resume:
-        raise DtlensError(f"{out}: nothing to resume (no config.json)")
+        raise DtlensError(f"{out}: a run already exists here; use --resume or another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DtlensError(f"{out}: exists and is not a dtlens run; choose another --out")
+
+
+def _check_resume(cfg: TrainConfig, out: Path, dataset: OfflineDataset) -> tuple[Run, int]:
+    """Check that `cfg` continues the run in `out`; returns it and the epoch to continue from."""
+    if not (out / "config.json").is_file():
+        raise DtlensError(f"{out}: nothing to resume (no config.json); train it without --resume")
+    run = Run(out)
+    saved = TrainConfig.from_dict(run.config["train"])
+    if diff := saved.differences(cfg):
+        raise DtlensError(f"{out}: --resume on a run of another config (differs in {diff})")
+    done = run.last_epoch()
+    if cfg.epochs < done:
+        raise DtlensError(
+            f"{out}: --epochs {cfg.epochs} is fewer than the {done} epochs already done; "
+            f"pass --epochs {done} or more"
+        )
+    data = run.config["data"]
+    if data["transitions"] != len(dataset) or not np.allclose(
+        data["state_mean"], dataset.state_mean
+    ):
+        raise DtlensError(f"{out}: the dataset {cfg.dataset} changed since the run was trained")
+    return run, _last_complete_epoch(run)
+
+
+def _create_folder(cfg: TrainConfig, work: Path, dataset: OfflineDataset) -> DecisionTransformer:
+    """Write config, probe batch and the epoch-0 checkpoint into `work`; returns the model."""
     model = build_model(cfg, dataset.obs_dim, dataset.act_dim)
     mean, std = dataset.state_mean, dataset.state_std
     config = {
@@ -204,10 +289,10 @@ def _prepare_folder(cfg: TrainConfig, out: Path, dataset: OfflineDataset, resume
         rtg_scale=cfg.rtg_scale,
         max_ep_len=cfg.max_ep_len,
     )
-    save_batch(probe, out / "probe.safetensors")
-    save_model(model, out / "checkpoints" / "epoch-0000.safetensors", epoch=0)
-    save_json(config, out / "config.json")  # last: its presence marks a valid folder
-    return 0
+    save_batch(probe, work / "probe.safetensors")
+    checkpoint = save_model(model, work / "checkpoints" / "epoch-0000.safetensors", epoch=0)
+    save_json(config, work / "config.json")
+    return load_model(checkpoint)
 
 
 def _last_complete_epoch(run: Run) -> int:
@@ -220,11 +305,14 @@ def _last_complete_epoch(run: Run) -> int:
     return max(e for e in epochs if e <= saved)
 
 
-def _save_epoch(out, model, optimizer, rng, epoch, steps: StepLog, epochs: list[dict], cfg) -> None:
+def _save_epoch(
+    out, model, optimizer, rng, epoch, steps: StepLog, epochs: list[dict], cfg, name: str
+) -> None:
     """Checkpoint, metrics, then optimiser/RNG state: the state file names the epoch it
-    completes, so a crash between writes resumes from the previous complete epoch."""
+    completes, so a crash between writes resumes from the previous complete epoch. `name`: the
+    run's (`out` may be its partial folder)."""
     save_model(model, out / "checkpoints" / f"epoch-{epoch:04d}.safetensors", epoch=epoch)
-    save_netcdf(_metrics_dataset(steps, epochs, out.name), out / "metrics.nc")
+    save_netcdf(_metrics_dataset(steps, epochs, name), out / "metrics.nc")
     tensors = {"torch_rng": torch.get_rng_state()}
     names = {p: n for n, p in model.named_parameters()}
     groups = []

@@ -16,11 +16,17 @@ import re
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from dtlens.data.registry import load_dataset
+from dtlens.data.windows import Batch, load_batch, probe_batch
 from dtlens.errors import DtlensError
 from dtlens.io import load_json
 from dtlens.model.checkpoint import load_model
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
+from dtlens.train.config import TrainConfig
 
 CHECKPOINT = re.compile(r"epoch-(\d{4,})\.safetensors$")
 
@@ -36,6 +42,10 @@ class Run:
     @cached_property
     def config(self) -> dict:
         return load_json(self.path / "config.json")
+
+    @cached_property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config["train"])
 
     @property
     def dt_config(self) -> DTConfig:
@@ -77,13 +87,38 @@ class Run:
         (epoch,) = self.resolve_epochs([epoch])
         return load_model(self.checkpoint_path(epoch), expected=self.dt_config).eval()
 
-    def probe_batch(self):
-        from dtlens.data.windows import load_batch
-
+    def probe_batch(self) -> Batch:
         path = self.path / "probe.safetensors"
         if not path.is_file():
             raise DtlensError(f"{self.path}: no probe batch (probe.safetensors)")
         return load_batch(path)
+
+    def windows(self, n: int | None = None, context_len: int | None = None) -> Batch:
+        """`n` probe windows of `context_len` steps (default: the probe's size and the run's K),
+        drawn as the probe was (same dataset, seed, state normalisation). At the run's own K the
+        probe's rows come first, so any `n` extends the saved probe batch."""
+        t = self.train_config
+        if n is not None and n < 1:
+            raise DtlensError(f"samples must be at least 1, got {n}")
+        k = t.context_len if context_len is None else context_len
+        if k == t.context_len:
+            probe = self.probe_batch()
+            if n is None or n <= len(probe):
+                return probe if n is None else probe.index(slice(0, n))
+        data = self.config["data"]
+        batch = probe_batch(
+            load_dataset(t.dataset, env_id=t.env_id),
+            n=n or t.probe_size,
+            context_len=k,
+            seed=t.probe_seed,
+            rtg_scale=t.rtg_scale,
+            max_ep_len=t.max_ep_len,
+            state_mean=np.asarray(data["state_mean"]),
+            state_std=np.asarray(data["state_std"]),
+        )
+        if k == t.context_len and not torch.equal(batch.states[: len(probe)], probe.states):
+            raise DtlensError(f"{t.dataset}: the dataset changed since {self.path} was trained")
+        return batch
 
     def subdir(self, name: str) -> Path:
         d = self.path / name

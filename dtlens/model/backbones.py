@@ -24,20 +24,16 @@ HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
 
 # Parameters of a HookedTransformer that a Decision Transformer never uses.
 UNUSED_BY_DT = ("embed.", "pos_embed.", "unembed.")
+#: The fields a BackboneConfig and a HookedTransformerConfig share, under the same names.
+SHARED_FIELDS = ("n_layers", "d_model", "n_heads", "d_mlp", "act_fn", "normalization_type", "eps")
 
 
 def tl_config(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformerConfig:
     """The TransformerLens config. A DT never uses the token/position embeddings or the
     unembedding, so they get the smallest possible size (d_vocab=1, n_ctx=1)."""
     return HookedTransformerConfig(
-        n_layers=cfg.n_layers,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
+        **{name: getattr(cfg, name) for name in SHARED_FIELDS},
         d_head=cfg.d_head,
-        d_mlp=cfg.d_mlp,
-        act_fn=cfg.act_fn,
-        normalization_type=cfg.normalization_type,
-        eps=cfg.eps,
         d_vocab=d_vocab,
         n_ctx=n_ctx,
         positional_embedding_type="standard",
@@ -51,15 +47,7 @@ def tl_config(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTr
 
 def backbone_config(cfg: HookedTransformerConfig) -> BackboneConfig:
     """The BackboneConfig of a TransformerLens config."""
-    return BackboneConfig(
-        n_layers=cfg.n_layers,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        d_mlp=cfg.d_mlp,
-        act_fn=cfg.act_fn,
-        normalization_type=cfg.normalization_type,
-        eps=cfg.eps,
-    )
+    return BackboneConfig(**{name: getattr(cfg, name) for name in SHARED_FIELDS})
 
 
 def new_backbone(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformer:

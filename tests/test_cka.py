@@ -226,3 +226,56 @@ def test_paper_variant_compares_one_hidden_unit_across_positions():
     assert cka(a[:, -2], b[:, -2], debiased=True) < 0.5
     with pytest.raises(DtlensError, match="3-D"):
         cka_paper_variant(a[:, 0], b[:, 0], -1)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_gram_form_in_chunks_equals_all_at_once(monkeypatch, kernel, symmetric):
+    """A Gram budget of two 30 x 30 matrices (one column Gram per chunk) gives the same matrix."""
+    from dtlens.diagnostics import cka as module
+
+    rs = np.random.RandomState(3)
+    xs = [rs.randn(30, 4) + i * rs.randn(30, 1) for i in range(5)]
+    ys = None if symmetric else [rs.randn(30, 3) + x[:, :3] for x in xs[:4]]
+    whole = cka_matrix(xs, ys, kernel, debiased=True, form="gram")
+    monkeypatch.setattr(module, "GRAM_MEMORY", 2 * 8 * 30 * 30)
+    assert module._grams_per_chunk(30) == 1
+    chunked = cka_matrix(xs, ys, kernel, debiased=True, form="gram")
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+    pairwise = [[cka(x, y, kernel, debiased=True) for y in (ys or xs)] for x in xs]
+    np.testing.assert_allclose(chunked, pairwise, rtol=1e-10)
+
+
+@pytest.mark.parametrize("form", ["auto", "gram"])
+def test_peak_memory_does_not_grow_with_layers(monkeypatch, form):
+    """Within a budget of three 100 x 100 Grams, 24 float32 layers peak no higher than 4: the
+    Gram form streams column chunks, the feature form holds two float64 layers at a time."""
+    import tracemalloc
+
+    from dtlens.diagnostics import cka as module
+
+    budget = 8 * 100 * 100 * 3
+    monkeypatch.setattr(module, "GRAM_MEMORY", budget)
+    rs = np.random.RandomState(0)
+    layers = [rs.randn(100, 64).astype(np.float32) for _ in range(24)]
+
+    def peak(n_layers: int) -> int:
+        tracemalloc.start()
+        cka_matrix(layers[:n_layers], layers[::-1][:n_layers], debiased=True, form=form)
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used
+
+    assert peak(24) < 1.2 * peak(4)
+    # the budget, one Gram's centring temporaries and float64 layer copies; every layer's Grams
+    # at once would be 48 x 80 kB
+    assert peak(24) < budget + 2 * 8 * 100 * 100 + 4 * 100 * 64 * 8
+
+
+def test_linear_auto_form_takes_features_when_grams_do_not_fit(monkeypatch):
+    from dtlens.diagnostics import cka as module
+
+    layers = [np.zeros((100, 64))] * 24  # the Gram form is cheaper in flops here
+    assert not module._use_features("linear", "auto", 100, layers, layers)
+    monkeypatch.setattr(module, "GRAM_MEMORY", 8 * 100 * 100 * 3)
+    assert module._use_features("linear", "auto", 100, layers, layers)

@@ -12,6 +12,11 @@ column-centred features <HKH, HLH> = ||Xc^T Yc||_F^2, and HSIC_1 only adds a cor
 Gram diagonals (the squared row norms). `cka` and `cka_matrix` pick the cheaper form
 (``form="auto"``). Arithmetic is float64 on centred features, so float32 inputs with a large offset
 lose nothing beyond their own rounding. CKA is NaN where undefined (a constant representation).
+
+Memory does not grow with the number of layers: layers are converted to float64 one pair at a
+time, and the Gram form holds at most `GRAM_MEMORY` bytes of n x n matrices (columns of the
+matrix in chunks, rebuilding the rows' Grams once per chunk); linear CKA whose Grams do not fit
+takes the feature form.
 """
 
 from __future__ import annotations
@@ -30,12 +35,18 @@ Kernel = Literal["linear", "rbf"]
 Form = Literal["auto", "gram", "feature"]
 Layers = Sequence[Float[Array, "n d"]] | Float[Array, "layer n d"]
 
+#: Bytes of float64 Gram matrices the Gram form may hold at once (at least two are held).
+GRAM_MEMORY = 2**30
 
-def _as_float64(x: Array, name: str, ndim: int) -> np.ndarray:
-    """A float64 numpy copy of `x`, checked for shape and finiteness."""
+
+def _as_numpy(x: Array, name: str, ndim: int) -> np.ndarray:
+    """`x` as a numpy array of its own float dtype (no copy of a numpy input), checked for shape
+    and finiteness."""
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    a = np.asarray(x, dtype=np.float64)
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
     if a.ndim != ndim:
         raise DtlensError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
     if not np.isfinite(a).all():
@@ -43,8 +54,14 @@ def _as_float64(x: Array, name: str, ndim: int) -> np.ndarray:
     return a
 
 
+def _as_float64(x: Array, name: str, ndim: int) -> np.ndarray:
+    """A float64 numpy copy of `x`, checked for shape and finiteness."""
+    return _as_numpy(x, name, ndim).astype(np.float64)
+
+
 def _as_layers(xs: Layers, name: str) -> list[np.ndarray]:
-    layers = [_as_float64(x, f"{name}[{i}]", 2) for i, x in enumerate(xs)]
+    """Each layer checked, in its own dtype: float64 copies are made one layer at a time."""
+    layers = [_as_numpy(x, f"{name}[{i}]", 2) for i, x in enumerate(xs)]
     if not layers:
         raise DtlensError(f"{name}: no representations given")
     return layers
@@ -91,8 +108,15 @@ def _rbf_gram(x: np.ndarray, threshold: float) -> np.ndarray:
     return np.exp(-sq / (2.0 * threshold**2 * median)) if median > 0 else np.ones_like(sq)
 
 
+def _centred_features(x: np.ndarray) -> np.ndarray:
+    """Column-centred float64 copy of `x`."""
+    x = x.astype(np.float64)
+    x -= x.mean(axis=0)
+    return x
+
+
 def _centred_gram(x: np.ndarray, kernel: Kernel, debiased: bool, threshold: float) -> np.ndarray:
-    x = x - x.mean(axis=0)
+    x = _centred_features(x)
     k = x @ x.T if kernel == "linear" else _rbf_gram(x, threshold)
     return _u_centre(k) if debiased else _centre(k)
 
@@ -116,6 +140,8 @@ def _linear_hsic(
 def _use_features(
     kernel: Kernel, form: Form, n: int, xs: list[np.ndarray], ys: list[np.ndarray]
 ) -> bool:
+    """The feature form when asked, or (auto, linear) when it is cheaper or the Grams that the
+    Gram form holds at once would not fit `GRAM_MEMORY`."""
     if kernel not in ("linear", "rbf"):
         raise DtlensError(f"unknown CKA kernel {kernel!r}: use 'linear' or 'rbf'")
     if form not in ("auto", "gram", "feature"):
@@ -129,30 +155,42 @@ def _use_features(
     px, py = np.array([x.shape[1] for x in xs]), np.array([y.shape[1] for y in ys])
     feature_flops = (px**2).sum() + (py**2).sum() + px.sum() * py.sum()  # per sample
     gram_flops = n * (px.sum() + py.sum() + len(px) * len(py))
-    return bool(feature_flops <= gram_flops)
+    return bool(feature_flops <= gram_flops or _grams_per_chunk(n) < len(ys) + 1)
+
+
+def _grams_per_chunk(n: int) -> int:
+    """Column Grams held at once besides one row Gram, within `GRAM_MEMORY` (at least one)."""
+    return max(1, GRAM_MEMORY // (8 * n * n) - 1)
 
 
 def _feature_hsics(
     xs: list[np.ndarray], ys: list[np.ndarray], symmetric: bool, debiased: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair by pair from centred features: two layers in float64 at a time."""
+
     def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = x - x.mean(axis=0)
+        x = _centred_features(x)
         return x, np.einsum("ij,ij->i", x, x)
 
-    fx = [stats(x) for x in xs]
-    fy = fx if symmetric else [stats(y) for y in ys]
-    cross = np.empty((len(fx), len(fy)))
-    for i, (a, ra) in enumerate(fx):
-        for j, (b, rb) in enumerate(fy):
+    cross = np.full((len(xs), len(ys)), np.nan)
+    self_x = np.empty(len(xs))
+    self_y = np.empty(len(ys))
+    for i, x in enumerate(xs):
+        a, ra = stats(x)
+        self_x[i] = _linear_hsic(a, ra, a, ra, debiased)
+        for j, y in enumerate(ys):
             if symmetric and j < i:
                 cross[i, j] = cross[j, i]
+            elif symmetric and j == i:
+                cross[i, j] = self_x[i]
             else:
+                b, rb = stats(y)
                 cross[i, j] = _linear_hsic(a, ra, b, rb, debiased)
     if symmetric:
-        self_x = np.diag(cross).copy()
         return cross, self_x, self_x
-    self_x = np.array([_linear_hsic(a, ra, a, ra, debiased) for a, ra in fx])
-    self_y = np.array([_linear_hsic(b, rb, b, rb, debiased) for b, rb in fy])
+    for j, y in enumerate(ys):
+        b, rb = stats(y)
+        self_y[j] = _linear_hsic(b, rb, b, rb, debiased)
     return cross, self_x, self_y
 
 
@@ -164,14 +202,33 @@ def _gram_hsics(
     debiased: bool,
     threshold: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    def grams(layers: list[np.ndarray]) -> np.ndarray:
-        return np.stack([_centred_gram(x, kernel, debiased, threshold).ravel() for x in layers])
+    """Columns (layers of `ys`) in chunks of Grams that fit `GRAM_MEMORY`; for each chunk, each
+    row's Gram is built (or taken from the chunk) once. With everything in one chunk every Gram
+    is built once."""
 
-    gx = grams(xs)
-    gy = gx if symmetric else grams(ys)
-    self_x = np.einsum("ij,ij->i", gx, gx)
-    self_y = self_x if symmetric else np.einsum("ij,ij->i", gy, gy)
-    return gx @ gy.T, self_x, self_y
+    def gram(x: np.ndarray) -> np.ndarray:
+        return _centred_gram(x, kernel, debiased, threshold)
+
+    cross = np.full((len(xs), len(ys)), np.nan)
+    self_x, self_y = np.empty(len(xs)), np.empty(len(ys))
+    size = _grams_per_chunk(xs[0].shape[0])
+    for start in range(0, len(ys), size):
+        chunk = {j: gram(ys[j]) for j in range(start, min(start + size, len(ys)))}
+        for j, g in chunk.items():
+            self_y[j] = np.vdot(g, g)
+        rows = range(max(chunk) + 1) if symmetric else range(len(xs))
+        for i in rows:
+            gi = chunk[i] if symmetric and i in chunk else gram(xs[i])
+            if start == 0 and not symmetric:
+                self_x[i] = np.vdot(gi, gi)
+            for j, gj in chunk.items():
+                if not symmetric or j >= i:
+                    cross[i, j] = np.vdot(gi, gj)
+                    if symmetric:
+                        cross[j, i] = cross[i, j]
+            del gi  # before the next one is built: the budget counts one row Gram
+        del chunk
+    return cross, (self_y if symmetric else self_x), self_y
 
 
 def _normalise(cross: np.ndarray, self_x: np.ndarray, self_y: np.ndarray) -> np.ndarray:
@@ -226,9 +283,9 @@ def cka_matrix(
 ) -> Float[np.ndarray, "layer_x layer_y"]:
     """CKA of every layer of `Xs` against every layer of `Ys` (default: `Xs` itself).
 
-    Each layer's centred features (or centred Gram matrix) are built once, not once per pair;
-    with ``Ys=None`` only the upper triangle is computed. The Gram form keeps every layer's
-    n x n matrix in memory (8 n^2 bytes each); the linear feature form needs O(n d) per layer.
+    With ``Ys=None`` only the upper triangle is computed. Peak memory is independent of the
+    number of layers: the feature form holds two centred layers (O(n d)), the Gram form at most
+    `GRAM_MEMORY` bytes of n x n matrices (see the module docstring).
     """
     xs = _as_layers(Xs, "Xs")
     ys = xs if Ys is None else _as_layers(Ys, "Ys")

@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs/mini
+SMOKE_INPUTS ?= runs/paper-inputs
+SMOKE_OUT ?= runs/paper-smoke
 
-.PHONY: venv demo test test-fast lint format bench clean
+.PHONY: venv demo test test-fast smoke lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +25,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
+
+# The paper preset at the real sizes on its three tasks, smoke budget: stand-in inputs
+# (random-weight GPT-2 / ImageGPT-small, collected D4RL-layout files), then the whole study.
+smoke: $(STAMP)
+	$(BIN)/python -c "from dtlens.experiments.paper_inputs import write_paper_inputs as w; w('$(SMOKE_INPUTS)')"
+	$(BIN)/dtlens reproduce --preset paper --budget smoke --seeds 666 --out $(SMOKE_OUT) \
+		--gpt2 $(SMOKE_INPUTS)/gpt2 --imagegpt $(SMOKE_INPUTS)/imagegpt --d4rl-dir $(SMOKE_INPUTS)/d4rl
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 Each benchmark's `main(args)` runs in a subprocess of its own (so one crash or timeout does not
 stop the rest) with OMP_NUM_THREADS=1 (one torch and one BLAS thread), at the "suite" sizes in
-SUITE, chosen so that the whole run takes under 10 minutes on a 2-core machine. RESULTS.md gets
+SUITE, chosen so that the whole run takes under 10 minutes on a 2-core machine, but for the
+diagnostics at paper size (`SUITE_TIMEOUTS`: tens of minutes on 2 cores). RESULTS.md gets
 the date, the machine, a summary of the ratios to each peer, and one section per benchmark: the
 command that reproduces it, its wall time, and the script's own caption and table. The file is
 replaced atomically (written next to it, then renamed).
@@ -57,8 +58,30 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["--quick", "--models", "2 x 64"],
     ),
     "bench_mi.py": ("Mutual information estimators", [], ["--quick"]),
+    "bench_diagnostics_memory.py": (
+        "Each diagnostic at GPT-2 and ImageGPT size: time and peak RSS",
+        [
+            "--sizes",
+            "gpt2",
+            "imagegpt",
+            "--before",
+            "a1ddc71",
+            "--before-only",
+            "capture",
+            "cka",
+            "mutual_info",
+            "weights",
+            "attention",
+        ],
+        ["--quick"],
+    ),
     "bench_cli_startup.py": ("CLI start-up", [], ["--quick"]),
+    "bench_gpu.py": ("GPU (CUDA): paper-size steps, capture, gradients, rollouts", [], ["--quick"]),
 }
+
+
+#: Seconds a suite benchmark may take where the default is too short (paper-size models).
+SUITE_TIMEOUTS = {"bench_diagnostics_memory.py": 7200.0}
 
 
 @dataclass
@@ -222,6 +245,26 @@ def _mi(rows: list[dict]) -> list[str]:
     return out
 
 
+def _gpu(rows: list[dict]) -> list[str]:
+    steps = [r for r in rows if r["section"] == "train step" and r["variant"].startswith("dtlens")]
+    out = [f"{r['model']} {r['variant']} / HF step time {r['ratio']:.2f}" for r in steps]
+    return out + [
+        f"paper preset on {r['gpus']} GPU(s): {r['hours']:.1f} h projected"
+        for r in rows
+        if r["section"] == "projection"
+    ]
+
+
+def _diagnostics_memory(rows: list[dict]) -> list[str]:
+    now = [r for r in rows if r["dtlens"] == "now" and "peak_gib" in r]
+    top = max(now, key=lambda r: r["peak_gib"])
+    over = [f"{r['diagnostic']} ({r['size']})" for r in now if r["peak_gib"] > 4.0]
+    return [
+        f"highest peak RSS {top['peak_gib']:.2f} GiB ({top['diagnostic']}, {top['size']}); "
+        f"over 4 GiB: {', '.join(over) or 'none'}"
+    ]
+
+
 SUMMARIES: dict[str, Callable[[list[dict]], list[str]]] = {
     "bench_train_step.py": _train_step,
     "bench_rollout.py": _rollout,
@@ -229,6 +272,8 @@ SUMMARIES: dict[str, Callable[[list[dict]], list[str]]] = {
     "bench_cka.py": _cka,
     "bench_confusion.py": _confusion,
     "bench_mi.py": _mi,
+    "bench_diagnostics_memory.py": _diagnostics_memory,
+    "bench_gpu.py": _gpu,
 }
 
 
@@ -339,7 +384,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     for script in discover(args.dir, args.only):
         title, suite_args, quick_args = SUITE.get(script.name, (script.stem, [], ["--quick"]))
         run_args = quick_args if args.quick else suite_args
-        results.append(run_one(script, title, run_args, args.threads, timeout))
+        seconds = (
+            timeout if args.quick or args.timeout else SUITE_TIMEOUTS.get(script.name, timeout)
+        )
+        results.append(run_one(script, title, run_args, args.threads, seconds))
     total = time.perf_counter() - start
     write_atomic(out, render(results, started, total, (load_start, load()), mode))
     failed = [r.script for r in results if not r.ok]

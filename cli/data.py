@@ -25,10 +25,13 @@ app.add_typer(data_app, name="data")
 def file_hash(source: str, dataset: OfflineDataset) -> str:
     """The sha256 of the dataset's file ('matches the manifest' for a shipped id)."""
     from dtlens.data import EMBEDDED
+    from dtlens.data.registry import DERIVED
     from dtlens.io import file_sha256
 
     if source in EMBEDDED:
         return f"{dataset.metadata['sha256']} (matches the manifest)"
+    if source in DERIVED:
+        return f"{dataset.metadata['sha256']} (of the arrays built from its parts; matches)"
     path = Path(dataset.metadata.get("path", ""))
     return file_sha256(path) if path.is_file() else "n/a (not a single file)"
 
@@ -72,6 +75,8 @@ def info(
 
     dataset = load_dataset(source, env_id=env)
     console.print(summary_table(dataset, source))
+    if dataset.metadata.get("description"):
+        console.print(f"made as: {dataset.metadata['description']}", highlight=False)
     console.print(f"sha256 {file_hash(source, dataset)}", highlight=False, soft_wrap=True)
 
 
@@ -104,7 +109,7 @@ def collect(
     whether it has the shipped bytes."""
     from dtlens.data import EMBEDDED, load_dataset
     from dtlens.data.collect import DEFAULT_NOISE, collect_to_file
-    from dtlens.data.registry import rebuild_embedded
+    from dtlens.data.registry import DERIVED, rebuild_embedded
     from dtlens.io import file_sha256
 
     start = time.perf_counter()
@@ -112,6 +117,9 @@ def collect(
         given = [f"--{name}" for name in SPEC_OPTIONS if _given(ctx, name)]
         if given:
             raise DtlensError(f"--id takes its spec from the registry: drop {', '.join(given)}")
+        if dataset_id in DERIVED:
+            record_derived_cmd(dataset_id, out, update_manifest)
+            return
         path, verdict = rebuild_embedded(dataset_id, out, update_manifest, progress=True)
         transitions = EMBEDDED[dataset_id].transitions
     elif update_manifest:
@@ -128,6 +136,21 @@ def collect(
     if update_manifest:
         console.print(f"updated the manifest entry of {dataset_id}")
     console.print(summary_table(load_dataset(path), str(path)))
+
+
+def record_derived_cmd(dataset_id: str, out: str | None, update_manifest: bool) -> None:
+    """`collect --id` of a derived id: build it from its parts and record its hash."""
+    from dtlens.data.registry import record_derived
+
+    if not update_manifest:
+        raise DtlensError(
+            f"{dataset_id} is built from its parts on load: --update-manifest records its hash"
+        )
+    path, verdict = record_derived(dataset_id, out)
+    console.print(verdict, highlight=False, soft_wrap=True)
+    console.print(
+        f"updated the manifest entry of {dataset_id}" + (f", wrote {path}" if path else "")
+    )
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -27,7 +27,9 @@ def cka_cmd(
     debiased: bool = flag(True, "--debiased/--biased", help="Unbiased HSIC (the paper)."),
     embed: bool = flag(True, help="Include the embedding output as layer 'embed'."),
     paper_variant: bool = flag(
-        False, "--paper-variant", help="Also the released code's [:, :, idx] indexing."
+        False,
+        "--paper-variant",
+        help="Also the released code's [:, :, idx] indexing, and its 8 sites per block.",
     ),
 ) -> None:
     """Layer x layer CKA (epoch 0 vs last by default); prints layer i vs layer i.

@@ -26,7 +26,14 @@ def gradients_cmd(
         False, "--eval-mode", help="Dropout off (the paper: train mode, dropout on)."
     ),
     seed: int = typer.Option(0, help="Seed of the dropout masks."),
-    chunk_size: int = typer.Option(16, help="Samples per vmapped pass."),
+    chunk_size: int = typer.Option(
+        16, help="Samples per vmapped pass, at most (fewer where activations would pass 512 MiB)."
+    ),
+    paper_variant: bool = flag(
+        False,
+        "--paper-variant",
+        help="Also the released code's norm, confusion and share (block tensors only).",
+    ),
 ) -> None:
     """Per-sample gradient norms before/after clipping, top tensors, gradient confusion."""
     from dtlens.train.run import Run
@@ -41,4 +48,5 @@ def gradients_cmd(
         train_mode=not eval_mode,
         seed=seed,
         chunk_size=chunk_size,
+        paper_variant=paper_variant,
     )

@@ -24,3 +24,5 @@ from cli import gradients  # noqa: E402,F401
 from cli import mutual_info  # noqa: E402,F401
 from cli import reproduce  # noqa: E402,F401
 from cli import attention  # noqa: E402,F401
+from cli import import_hf  # noqa: E402,F401
+from cli import interp  # noqa: E402,F401

@@ -33,6 +33,11 @@ def mutual_info_cmd(
     paper: bool = flag(
         False, "--paper", help="The paper's protocol: MINE on the same 100 samples, one seed."
     ),
+    paper_variant: bool = flag(
+        False,
+        "--paper-variant",
+        help="Also the released code's sites: MLP branch output, every context position.",
+    ),
 ) -> None:
     """Mutual information between inputs/target and block outputs at the last timestep."""
     from dtlens.train.run import Run
@@ -47,5 +52,6 @@ def mutual_info_cmd(
         samples=samples,
         null_shuffles=null_shuffles,
         paper=paper,
+        paper_variant=paper_variant,
         **({} if iterations is None else {"iterations": iterations}),
     )

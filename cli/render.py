@@ -26,13 +26,13 @@ def show(table: Any) -> None:
 
 
 def run_diagnostic(
-    name: str, target: Any, folder: Path | None = None, stem: str | None = None, **options: Any
+    name: Any, target: Any, folder: Path | None = None, stem: str | None = None, **options: Any
 ) -> Any:
-    """Compute the registered diagnostic `name`, write it, print its summary; returns the
-    dataset."""
+    """Compute the registered diagnostic `name` (or a `Diagnostic` itself, e.g. an interp
+    analysis), write it, print its summary; returns the dataset."""
     from dtlens.diagnostics.registry import DIAGNOSTICS
 
-    diag = DIAGNOSTICS[name]
+    diag = DIAGNOSTICS[name] if isinstance(name, str) else name
     written = diag.write(target, folder, stem, **options)
     show(diag.summary(written.ds))
     console.print(f"wrote {written.nc}, {written.png}", highlight=False)

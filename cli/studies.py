@@ -29,6 +29,8 @@ STUDY_OPTIONS = [
     "eval_every",
     "eval_max_steps",
     "device",
+    "precision",
+    "deterministic",
 ]
 OUT = typer.Option(..., "--out", help="Study folder (runs/, diagnostics/, figures/).")
 LAYERS = typer.Option(MINI.n_layers, help="Random init: blocks.")

@@ -10,17 +10,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, flag, is_interactive, user_errors
+from cli.common import console, flag, is_interactive, parse_int_list, user_errors
 from cli.config_options import config_options
 from cli.main import app
 from dtlens.model.config import MINI, BackboneConfig
-from dtlens.train.config import TrainConfig
+from dtlens.train.config import TrainConfig, help_text
 
 #: TrainConfig fields that are one CLI option each (`size` is --layers/--d-model/--heads).
 TRAIN_OPTIONS = [
     f
     for f in TrainConfig.__dataclass_fields__
-    if f not in ("size", "probe_size", "probe_seed", "rtg_scale", "max_ep_len")
+    if f not in ("size", "probe_size", "probe_seed", "rtg_scale", "max_ep_len", "keep_epochs")
 ]
 
 
@@ -41,6 +41,7 @@ def train_cmd(
     resume: bool = flag(
         False, "--resume", help="Continue from the last complete epoch (same config)."
     ),
+    keep_epochs: str = typer.Option(None, "--keep-epochs", help=help_text("keep_epochs")),
 ) -> None:
     """Fine-tune a DT (paper defaults) and write config, checkpoints and metrics to --out.
 
@@ -50,7 +51,9 @@ def train_cmd(
 
     size = BackboneConfig(n_layers=layers, d_model=d_model, n_heads=heads, d_mlp=4 * d_model)
     cfg = TrainConfig(
-        **(config | {"grad_clip": None if no_clip else config["grad_clip"]}), size=size
+        **(config | {"grad_clip": None if no_clip else config["grad_clip"]}),
+        size=size,
+        keep_epochs=None if keep_epochs is None else parse_int_list(keep_epochs),
     )
     run = train(cfg, out, resume=resume, progress=is_interactive())
     print_summary(run)

@@ -15,6 +15,10 @@ t distribution with few degrees of freedom has much heavier tails: with n = 3 it
 half the t interval's (Hesterberg 2015, "What teachers should know about the bootstrap", The
 American Statistician 69(4)). Welch's interval does not assume equal variances.
 
+`aggregate({task: (a, b)}, expect)` gives one verdict across tasks whose statistics live on
+different scales (see its docstring: the mean over tasks of standardised effects with a
+Welch-Satterthwaite interval).
+
 NaNs are dropped (a seed that diverged): `n_a`, `n_b` count the values used, while `a`, `b` keep
 every value given. Infinite values are refused. When both sides are constant (zero variance) the
 t statistic is undefined; then the interval is the point effect (effect, effect) and p is 0 if the
@@ -24,7 +28,7 @@ effect lies on the expected side, 1 if on the other, and NaN if the means are eq
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -97,14 +101,28 @@ def _verdict(low: float, high: float, expect: Expect) -> Verdict:
     return "undetermined"
 
 
+def _check(who: str, expect: str, level: float) -> None:
+    if expect not in ("less", "greater"):
+        raise DtlensError(f"{who}: expect must be 'less' or 'greater', got {expect!r}")
+    if not 0 < level < 1:
+        raise DtlensError(f"{who}: level must be in (0, 1), got {level}")
+
+
+def _t_interval(
+    effect: float, se: float, df: float, level: float, expect: Expect
+) -> tuple[tuple[float, float], float]:
+    """The two-sided t interval of `effect` and its one-sided p in the expected direction."""
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se
+    t = stats.t(df)
+    p = float(t.cdf(effect / se) if expect == "less" else t.sf(effect / se))
+    return (effect - half, effect + half), p
+
+
 def compare(
     a: Sequence[float], b: Sequence[float], expect: Expect = "less", level: float = 0.95
 ) -> Comparison:
     """Compare per-seed values `a` against `b`, expecting mean(a) `expect` mean(b)."""
-    if expect not in ("less", "greater"):
-        raise DtlensError(f"compare: expect must be 'less' or 'greater', got {expect!r}")
-    if not 0 < level < 1:
-        raise DtlensError(f"compare: level must be in (0, 1), got {level}")
+    _check("compare", expect, level)
     x, y = _values(a, "a"), _values(b, "b")
     nan = float("nan")
     effect = float(x.mean() - y.mean()) if x.size and y.size else nan
@@ -118,11 +136,7 @@ def compare(
             p = nan if effect == 0 else 0.0 if expected else 1.0
         else:
             df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
-            se = math.sqrt(va + vb)
-            half = float(stats.t.ppf((1 + level) / 2, df)) * se
-            ci = (effect - half, effect + half)
-            t = stats.t(df)
-            p = float(t.cdf(effect / se) if expect == "less" else t.sf(effect / se))
+            ci, p = _t_interval(effect, math.sqrt(va + vb), df, level, expect)
     return Comparison(
         verdict=_verdict(*ci, expect),  # a NaN interval excludes nothing
         effect=effect,
@@ -134,4 +148,69 @@ def compare(
         method=f"{METHOD}, {level * 100:g}% two-sided",
         a=tuple(float(v) for v in a),
         b=tuple(float(v) for v in b),
+    )
+
+
+AGGREGATE_METHOD = "mean standardised effect over tasks, Welch-Satterthwaite t"
+
+
+def aggregate(
+    per_task: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    expect: Expect = "less",
+    level: float = 0.95,
+) -> Comparison:
+    """One comparison across tasks from each task's per-seed values (a, b).
+
+    Each task's effect is standardised by its pooled within-init standard deviation s_t (Cohen's
+    d: d_t = (mean a_t - mean b_t) / s_t), so that tasks whose statistic lives on another scale
+    count equally; the effect is the mean of d_t over tasks. Treating each s_t as fixed, its
+    variance is sum_t (var(a_t)/n_a + var(b_t)/n_b) / (T^2 s_t^2) and the interval is a t
+    interval with Welch-Satterthwaite degrees of freedom over the 2T means; for one task this is
+    exactly `compare`'s interval divided by s_t (the same p and verdict). With equal seeds per
+    side, d_t divided by its standard error is the task's t statistic, so the aggregate is a
+    Stouffer-like sum of the per-task t statistics.
+
+    Why not rliable's IQM with stratified bootstrap intervals: it needs many runs per task (its
+    bootstrap is the percentile one `compare` avoids with 3-5 seeds), and rliable pulls in arch,
+    pandas and seaborn. A task with < 2 values a side or zero pooled spread (both sides constant)
+    is left out; `method` names the tasks used and `n_a`, `n_b` count their values; `a` and `b`
+    keep every task's values in order.
+    """
+    _check("aggregate", expect, level)
+    used, d, n_a, n_b = [], [], 0, 0
+    terms = []  # (variance of one side's standardised mean, its degrees of freedom)
+    for task, (a, b) in per_task.items():
+        x, y = _values(a, f"{task} a"), _values(b, f"{task} b")
+        if x.size < 2 or y.size < 2:
+            continue
+        va, vb = float(x.var(ddof=1)), float(y.var(ddof=1))
+        pooled = ((x.size - 1) * va + (y.size - 1) * vb) / (x.size + y.size - 2)
+        if pooled == 0:
+            continue
+        used.append(task)
+        n_a, n_b = n_a + x.size, n_b + y.size
+        d.append(float(x.mean() - y.mean()) / math.sqrt(pooled))
+        terms += [(va / x.size / pooled, x.size - 1), (vb / y.size / pooled, y.size - 1)]
+    nan = float("nan")
+    effect, ci, p = nan, (nan, nan), nan
+    if used:
+        t_count = len(used)
+        effect = float(np.mean(d))
+        var = sum(v for v, _ in terms) / t_count**2
+        df = var**2 / sum((v / t_count**2) ** 2 / k for v, k in terms)
+        ci, p = _t_interval(effect, math.sqrt(var), df, level, expect)
+    every_a = [float(v) for a, _ in per_task.values() for v in a]
+    every_b = [float(v) for _, b in per_task.values() for v in b]
+    return Comparison(
+        verdict=_verdict(*ci, expect),
+        effect=effect,
+        ci=ci,
+        p=p,
+        n_a=n_a,
+        n_b=n_b,
+        expect=expect,
+        method=f"{AGGREGATE_METHOD} over {', '.join(used) or 'no task'}, "
+        f"{level * 100:g}% two-sided",
+        a=tuple(every_a),
+        b=tuple(every_b),
     )

@@ -79,6 +79,19 @@ def test_confusion_smoke():
     assert gram["confusion"] == pytest.approx(mat["confusion"], abs=1e-5)
 
 
+@pytest.mark.slow
+def test_diagnostics_memory_smoke(tmp_path):
+    from benchmarks import bench_diagnostics_memory
+
+    argv = ["--quick", "--only", "cka", "gradients", "--work", str(tmp_path)]
+    rows = bench_diagnostics_memory.main(argv)
+    assert [(r["diagnostic"], r["dtlens"]) for r in rows] == [("cka", "now"), ("gradients", "now")]
+    assert all(r["peak_gib"] >= r["base_gib"] > 0 and r["seconds"] > 0 for r in rows)
+    assert run_all.summary(
+        run_all.Result("bench_diagnostics_memory.py", "", "", 0, 0, "", "", rows)
+    )
+
+
 def test_suite_covers_every_script():
     assert set(run_all.SUITE) == {p.name for p in BENCH.glob("bench_*.py")}
 

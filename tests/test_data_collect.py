@@ -46,8 +46,8 @@ def test_collect_with_embedded_policy_via_cli(tmp_path):
 def test_collect_bad_input():
     with pytest.raises(DtlensError, match="unknown quality"):
         behaviour_policy("Hopper-v5", "great")
-    with pytest.raises(DtlensError, match="walker2d-medium: unknown policy"):
-        behaviour_policy("Walker2d-v5", "medium")
+    with pytest.raises(DtlensError, match="ant-medium: unknown policy"):
+        behaviour_policy("Ant-v5", "medium")
     with pytest.raises(DtlensError, match="NoSuchEnv-v0: unknown environment"):
         collect("NoSuchEnv-v0", None, 10)
     with pytest.raises(DtlensError, match="CartPole-v1: not a continuous-control env"):

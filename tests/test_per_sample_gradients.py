@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
@@ -9,14 +12,16 @@ from dtlens import DecisionTransformer
 from dtlens.data.windows import Batch
 from dtlens.diagnostics.per_sample import (
     batch_grads,
+    fit_memory,
     iter_per_sample_grads,
     parameter_groups,
     sample_losses,
+    squared_norms,
     used_parameters,
 )
 from dtlens.errors import DtlensError
 from dtlens.train.loop import action_loss
-from tests.conftest import dt_inputs, perturb_
+from tests.conftest import TINY, dt_inputs, perturb_
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +130,77 @@ def test_bad_input(model, batch):
     batch.timesteps[0, 0] = model.cfg.max_ep_len
     with pytest.raises(DtlensError, match="timesteps"):
         next(iter_per_sample_grads(model, batch))
+
+
+def test_fit_memory_cuts_groups_into_runs_within_the_budget():
+    groups = [["a", "b", "c", "d"], ["e"]]
+    nbytes = {"a": 3, "b": 3, "c": 5, "d": 1, "e": 9}
+    assert fit_memory(groups, nbytes, 6) == [["a", "b"], ["c", "d"], ["e"]]
+    assert fit_memory(groups, nbytes, 100) == groups
+    assert fit_memory(groups, nbytes, 1) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+
+
+def test_gradients_held_at_once_stay_within_memory_with_the_same_values(monkeypatch, model, batch):
+    """The groups differentiated together hold at most `memory` bytes of per-sample gradients
+    (a tensor larger than it alone); cutting them changes no value: every group sees the same
+    dropout masks."""
+    from dtlens.diagnostics import per_sample as module
+
+    held: list[tuple[int, int]] = []  # (tensors, bytes) of each group
+    real = module._group_grads
+
+    def spy(model, batch, names, *args):
+        held.append(
+            (len(names), sum(len(batch) * model.get_parameter(n).numel() * 4 for n in names))
+        )
+        return real(model, batch, names, *args)
+
+    monkeypatch.setattr(module, "_group_grads", spy)
+    whole = dict(iter_per_sample_grads(model, batch, chunk_size=2, seed=5, memory=None))
+    block_bytes = max(b for _, b in held)
+    memory = block_bytes // 3
+    held.clear()
+    cut = dict(iter_per_sample_grads(model, batch, chunk_size=2, seed=5, memory=memory))
+    assert all(b <= memory for n, b in held if n > 1) and len(held) > model.cfg.n_layers + 1
+    assert block_bytes > memory  # without the cut a block holds more: the check can fail
+    assert list(cut) == list(whole)
+    for name, g in cut.items():
+        torch.testing.assert_close(g, whole[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_squared_norms_in_column_blocks(monkeypatch):
+    from dtlens.diagnostics import per_sample as module
+
+    g = torch.randn(3, 7, 5)
+    monkeypatch.setattr(module, "_BLOCK_ELEMENTS", 6)  # blocks of 2 columns
+    expected = g.double().flatten(1).square().sum(1).numpy()
+    np.testing.assert_allclose(squared_norms(g), expected, rtol=1e-12)
+
+
+def test_chunks_fit_activation_memory_with_the_same_values(monkeypatch, model, batch):
+    """Chunks shrink to fit `ACTIVATION_MEMORY` (more blocks: fewer samples a chunk, so saved
+    activations do not grow with depth); in eval mode the values do not depend on the chunks."""
+    from dtlens.diagnostics import per_sample as module
+
+    tokens = 3 * batch.timesteps.shape[1]
+    one_sample = module.samples_per_chunk(model, tokens, 1)
+    assert one_sample == 1
+    budget = 3 * 4 * module._SAVED_PER_TOKEN * tokens * (16 + 32 + 2 * tokens) * 3  # 3 samples
+    assert module.samples_per_chunk(model, tokens, budget) == 3  # tiny: 2 blocks (+1)
+    deeper = DecisionTransformer(replace(model.cfg, backbone=replace(TINY, n_layers=5)), seed=1)
+    assert module.samples_per_chunk(deeper, tokens, budget) == 1
+    sizes: list[int] = []
+    real = module._group_grads
+
+    def spy(model, batch, names, chunk_size, *args):
+        sizes.append(chunk_size)
+        return real(model, batch, names, chunk_size, *args)
+
+    monkeypatch.setattr(module, "_group_grads", spy)
+    monkeypatch.setattr(module, "ACTIVATION_MEMORY", budget)
+    cut = dict(iter_per_sample_grads(model, batch, chunk_size=8, train_mode=False))
+    assert set(sizes) == {3}
+    whole = dict(iter_per_sample_grads(model, batch, chunk_size=8, train_mode=False, memory=None))
+    assert set(sizes) == {3, 8}
+    for name, g in cut.items():
+        torch.testing.assert_close(g, whole[name], rtol=0, atol=1e-6, msg=name)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.reproduce import plan, reproduce
+from dtlens.interp.registry import INTERP
 from dtlens.model.backbones import random_backbone, save_backbone
 from dtlens.report.report import write_report
 from tests.conftest import TINY, tiny_train_config
@@ -75,10 +76,20 @@ def test_reproduce_end_to_end_on_a_local_cluster(hopper_file, tmp_path):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file()
         assert (out / "hopper" / "figures" / f"{study}.png").is_file()
     summary = text.split("## Summary")[1].splitlines()
-    verdicts = [line for line in summary if line.startswith("| hopper")]
+    verdicts = [line for line in summary if line.startswith("| hopper") and "two-sided" not in line]
     assert len(verdicts) == 7
     assert all(any(f"**{v}**" in line for v in ("holds", "contradicted", "undetermined"))
                for line in verdicts), verdicts  # fmt: skip
+    # interp: language vs random, read two-sided (dtlens.report.components)
+    assert "Which components carry the difference" in text
+    directions = ("language > random", "language < random", "no difference shown")
+    components = [line for line in summary if line.startswith("| hopper") and "two-sided" in line]
+    assert len(components) == len(INTERP)
+    assert all(any(f"**{d}**" in line for d in directions) for line in components), components
+    assert (out / "hopper" / "diagnostics" / "cross_patching.nc").is_file()
+    for name in ("attribution", "action_lens", "probe"):
+        assert (main / "diagnostics" / f"{name}.nc").is_file(), name
+    assert (main / "figures" / "attention-view.html").is_file()
     images = [line for line in text.splitlines() if line.startswith("![")]
     assert len(images) >= 12 and all((out / i.split("](")[1][:-1]).is_file() for i in images)
     # `dtlens report` rebuilds the report from the saved results alone.

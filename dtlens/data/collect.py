@@ -46,7 +46,7 @@ def behaviour_policy(env_id: str, quality: str, policy: str | None = None) -> ML
 
 def collect(
     env_id: str,
-    policy: MLPPolicy | None,
+    policy: MLPPolicy | MixedPolicy | None,
     transitions: int,
     seed: int = 0,
     noise: float = DEFAULT_NOISE,
@@ -108,6 +108,68 @@ def collect(
                 advance(1000)
     env.close()
     return out
+
+
+class MixedPolicy:
+    """Per step, `policy`'s (noisy) action with probability `p`, else a uniform random action:
+    `p` = 0 is the random policy, `p` = 1 is `policy` itself."""
+
+    def __init__(self, policy: MLPPolicy, p: float) -> None:
+        self.policy, self.p = policy, p
+        self.env_id, self.obs_dim, self.act_dim = policy.env_id, policy.obs_dim, policy.act_dim
+
+    def act(self, obs: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+        action = self.policy.act(obs, noise=noise, rng=rng)
+        if rng.random() < self.p:
+            return action
+        u = rng.uniform(-1.0, 1.0, action.shape).astype(np.float32)
+        return self.policy.low + (u + 1.0) * 0.5 * (self.policy.high - self.policy.low)
+
+
+def replay_schedule(stages: int, noise: tuple[float, float]) -> list[tuple[float, float]]:
+    """(policy probability, noise) per stage: probability 0 -> 1 and noise noise[0] -> noise[1],
+    both linear over `stages`."""
+    if stages < 2:
+        raise DtlensError(f"a replay schedule needs >= 2 stages, got {stages}")
+    fractions = np.linspace(0.0, 1.0, stages)
+    return [(float(f), float(noise[0] + f * (noise[1] - noise[0]))) for f in fractions]
+
+
+def collect_replay(
+    env_id: str,
+    policy: MLPPolicy,
+    transitions: int,
+    seed: int,
+    stages: int,
+    noise: tuple[float, float],
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """An approximate replay buffer (not a learner's): `stages` equal blocks of transitions,
+    collected in order by `MixedPolicy(policy, p)` with Gaussian noise std `noise`, along
+    `replay_schedule`, so quality rises from random to `policy` across the buffer as it does in
+    the buffer of an agent that learns up to `policy`'s level. Stage i's episodes reset with
+    seeds `seed + i * transitions + j`, so no two episodes share a seed."""
+    sizes = np.diff(np.linspace(0, transitions, stages + 1).round().astype(int))
+    parts = [
+        collect(env_id, MixedPolicy(policy, p), int(n), seed + i * transitions, noise_i, progress)
+        for i, ((p, noise_i), n) in enumerate(
+            zip(replay_schedule(stages, noise), sizes, strict=True)
+        )
+    ]
+    return concatenate_episodes(parts)
+
+
+def concatenate_episodes(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """D4RL arrays one after another, each part's unfinished last episode (neither terminal nor
+    timeout) closed by a timeout, so that no episode runs across two parts."""
+    closed = []
+    for i, part in enumerate(parts):
+        part = dict(part)
+        if i < len(parts) - 1 and not (part["terminals"][-1] or part["timeouts"][-1]):
+            part["timeouts"] = part["timeouts"].copy()
+            part["timeouts"][-1] = True
+        closed.append(part)
+    return {key: np.concatenate([part[key] for part in closed]) for key in parts[0]}
 
 
 def collect_to_file(

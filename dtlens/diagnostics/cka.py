@@ -16,12 +16,14 @@ lose nothing beyond their own rounding. CKA is NaN where undefined (a constant r
 Memory does not grow with the number of layers: layers are converted to float64 one pair at a
 time, and the Gram form holds at most `GRAM_MEMORY` bytes of n x n matrices (columns of the
 matrix in chunks, rebuilding the rows' Grams once per chunk); linear CKA whose Grams do not fit
-takes the feature form.
+takes the feature form. Layers given as `LazyLayers` (e.g. read from a capture on disk) are read
+when needed, the first ones kept within `LAYER_MEMORY` bytes, so the inputs do not grow with the
+number of layers either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -37,6 +39,8 @@ Layers = Sequence[Float[Array, "n d"]] | Float[Array, "layer n d"]
 
 #: Bytes of float64 Gram matrices the Gram form may hold at once (at least two are held).
 GRAM_MEMORY = 2**30
+#: Bytes of layers a `LazyLayers` keeps after reading them (the rest are read again when needed).
+LAYER_MEMORY = 2**28
 
 
 def _as_numpy(x: Array, name: str, ndim: int) -> np.ndarray:
@@ -59,16 +63,55 @@ def _as_float64(x: Array, name: str, ndim: int) -> np.ndarray:
     return _as_numpy(x, name, ndim).astype(np.float64)
 
 
-def _as_layers(xs: Layers, name: str) -> list[np.ndarray]:
-    """Each layer checked, in its own dtype: float64 copies are made one layer at a time."""
-    layers = [_as_numpy(x, f"{name}[{i}]", 2) for i, x in enumerate(xs)]
-    if not layers:
+class LazyLayers(Sequence):
+    """`count` layers of one `shape` (n, d), layer i read by `read(i)` when CKA needs it (a
+    capture on disk is never loaded whole); the first layers read are kept within
+    `LAYER_MEMORY` bytes, the others read again on each use. Each is checked when read."""
+
+    def __init__(self, read: Callable[[int], Array], count: int, shape: tuple[int, int]) -> None:
+        self.read, self.count, self.shape = read, count, tuple(shape)
+        self._kept: dict[int, np.ndarray] = {}
+        self._kept_bytes = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        if i in self._kept:
+            return self._kept[i]
+        x = _as_numpy(self.read(i), f"layer {i}", 2)
+        if x.shape != self.shape:
+            raise DtlensError(f"layer {i}: shape {x.shape}, expected {self.shape}")
+        if self._kept_bytes + x.nbytes <= LAYER_MEMORY:
+            self._kept[i] = x
+            self._kept_bytes += x.nbytes
+        return x
+
+
+def _as_layers(xs: Layers | LazyLayers, name: str) -> Sequence[np.ndarray]:
+    """Each layer checked, in its own dtype: float64 copies are made one layer at a time.
+    `LazyLayers` stay lazy (checked as they are read)."""
+    layers = (
+        xs
+        if isinstance(xs, LazyLayers)
+        else [_as_numpy(x, f"{name}[{i}]", 2) for i, x in enumerate(xs)]
+    )
+    if not len(layers):
         raise DtlensError(f"{name}: no representations given")
     return layers
 
 
-def _check_samples(layers: list[np.ndarray], debiased: bool) -> int:
-    counts = sorted({x.shape[0] for x in layers})
+def _shapes(layers: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    """Every layer's shape, without reading lazy layers."""
+    if isinstance(layers, LazyLayers):
+        return [layers.shape] * len(layers)
+    return [x.shape for x in layers]
+
+
+def _check_samples(shapes: list[tuple[int, ...]], debiased: bool) -> int:
+    counts = sorted({shape[0] for shape in shapes})
     if len(counts) > 1:
         raise DtlensError(f"CKA compares the same samples, got sample counts {counts}")
     need = 4 if debiased else 2
@@ -138,7 +181,7 @@ def _linear_hsic(
 
 
 def _use_features(
-    kernel: Kernel, form: Form, n: int, xs: list[np.ndarray], ys: list[np.ndarray]
+    kernel: Kernel, form: Form, n: int, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]
 ) -> bool:
     """The feature form when asked, or (auto, linear) when it is cheaper or the Grams that the
     Gram form holds at once would not fit `GRAM_MEMORY`."""
@@ -152,7 +195,7 @@ def _use_features(
         return False
     if form != "auto":
         return form == "feature"
-    px, py = np.array([x.shape[1] for x in xs]), np.array([y.shape[1] for y in ys])
+    px, py = np.array([s[1] for s in _shapes(xs)]), np.array([s[1] for s in _shapes(ys)])
     feature_flops = (px**2).sum() + (py**2).sum() + px.sum() * py.sum()  # per sample
     gram_flops = n * (px.sum() + py.sum() + len(px) * len(py))
     return bool(feature_flops <= gram_flops or _grams_per_chunk(n) < len(ys) + 1)
@@ -164,7 +207,7 @@ def _grams_per_chunk(n: int) -> int:
 
 
 def _feature_hsics(
-    xs: list[np.ndarray], ys: list[np.ndarray], symmetric: bool, debiased: bool
+    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], symmetric: bool, debiased: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair by pair from centred features: two layers in float64 at a time."""
 
@@ -195,8 +238,8 @@ def _feature_hsics(
 
 
 def _gram_hsics(
-    xs: list[np.ndarray],
-    ys: list[np.ndarray],
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
     symmetric: bool,
     kernel: Kernel,
     debiased: bool,
@@ -238,8 +281,8 @@ def _normalise(cross: np.ndarray, self_x: np.ndarray, self_y: np.ndarray) -> np.
 
 
 def _hsics(
-    xs: list[np.ndarray],
-    ys: list[np.ndarray],
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
     symmetric: bool,
     kernel: Kernel,
     debiased: bool,
@@ -247,7 +290,7 @@ def _hsics(
     form: Form,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scaled HSIC of every (x, y) pair, of each x with itself and of each y with itself."""
-    n = _check_samples(xs + ys, debiased)
+    n = _check_samples(_shapes(xs) + _shapes(ys), debiased)
     if _use_features(kernel, form, n, xs, ys):
         return _feature_hsics(xs, ys, symmetric, debiased)
     return _gram_hsics(xs, ys, symmetric, kernel, debiased, threshold)
@@ -273,8 +316,8 @@ def cka(
 
 
 def cka_matrix(
-    Xs: Layers,
-    Ys: Layers | None = None,
+    Xs: Layers | LazyLayers,
+    Ys: Layers | LazyLayers | None = None,
     kernel: Kernel = "linear",
     debiased: bool = False,
     threshold: float = 0.5,
@@ -285,7 +328,8 @@ def cka_matrix(
 
     With ``Ys=None`` only the upper triangle is computed. Peak memory is independent of the
     number of layers: the feature form holds two centred layers (O(n d)), the Gram form at most
-    `GRAM_MEMORY` bytes of n x n matrices (see the module docstring).
+    `GRAM_MEMORY` bytes of n x n matrices (see the module docstring); `LazyLayers` inputs are
+    read as needed.
     """
     xs = _as_layers(Xs, "Xs")
     ys = xs if Ys is None else _as_layers(Ys, "Ys")
@@ -313,7 +357,7 @@ class MinibatchCKA:
         (default: `xs`, for an A x A matrix)."""
         lx = _as_layers(xs, "xs")
         ly = lx if ys is None else _as_layers(ys, "ys")
-        b = _check_samples(lx + ly, debiased=True)
+        b = _check_samples(_shapes(lx) + _shapes(ly), debiased=True)
         cross, self_x, self_y = _hsics(lx, ly, ys is None, "linear", True, 0.0, "auto")
         if self._cross is None:
             self._cross = np.zeros_like(cross)
@@ -352,7 +396,7 @@ def cka_paper_variant(
     """
     a, b = _as_float64(acts_a, "acts_a", 3), _as_float64(acts_b, "acts_b", 3)
     x, y = a[:, :, index], b[:, :, index]
-    _check_samples([x, y], debiased=True)
+    _check_samples([x.shape, y.shape], debiased=True)
     gx = _centred_gram(x, "linear", True, 0.0)
     gy = _centred_gram(y, "linear", True, 0.0)
     return float((gx * gy).sum() / (np.linalg.norm(gx) * np.linalg.norm(gy) + 1e-6))

@@ -43,7 +43,10 @@ class Finding:
     """One of the paper's claims as a comparison over seeds: statistic(a) vs statistic(b).
 
     Run scope: `value(ds)` is the statistic of one run's result. Study scope: `per_seed(ds, role)`
-    gives the statistic of `role` for every seed of the study's result.
+    gives the statistic of `role` for every seed of the study's result. Where the paper's number
+    comes from a formula of its released code that departs from the paper's stated analysis,
+    `value` computes it with the released formula (when the result holds the paper variant) and
+    `correct(ds)`, described by `correct_statistic`, the correct variant the report shows beside.
     """
 
     claim: str  # the paper's words
@@ -54,6 +57,8 @@ class Finding:
     b: str = "random"
     value: Callable[[xr.Dataset], float] | None = None
     per_seed: Callable[[xr.Dataset, str], np.ndarray] | None = None
+    correct: Callable[[xr.Dataset], float] | None = None
+    correct_statistic: str = ""
 
     def compare(self, a: Any, b: Any) -> Comparison:
         return compare(a, b, expect=self.expect)

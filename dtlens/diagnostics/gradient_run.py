@@ -37,7 +37,12 @@ from dtlens.diagnostics.gradients import (
     released_tensor,
     share_of_norm,
 )
-from dtlens.diagnostics.per_sample import GroupBy, batch_grads, iter_per_sample_grads
+from dtlens.diagnostics.per_sample import (
+    GroupBy,
+    batch_grads,
+    iter_per_sample_grads,
+    squared_norms,
+)
 from dtlens.errors import DtlensError
 from dtlens.model.dt import DecisionTransformer
 from dtlens.plotting import panels, save_figure
@@ -68,7 +73,7 @@ def gradient_stats(
     )
     for name, g in grads:
         flat = g.flatten(1)
-        sq = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64).cpu().numpy() ** 2
+        sq = squared_norms(flat)
         sq_norms.append(sq)
         gram.update(flat[:n_confusion])
         if paper_variant and released_tensor(name) is not None:
@@ -76,6 +81,7 @@ def gradient_stats(
             block_gram.update(flat[:n_confusion])
         names.append(name)
         numel.append(flat.shape[1])
+        del g, flat  # before the next group's gradients are made
     sq = np.stack(sq_norms, axis=1)  # (sample, tensor)
     norm = np.sqrt(sq.sum(axis=1))
     coef = clip_coefficients(norm, max_norm=clip)
@@ -236,7 +242,7 @@ def summary(ds: xr.Dataset) -> Table:
         [f"share: {name}", float(share), "", "", ""]
         for name, share in zip(top.tensor.values, top["share_mean"].values, strict=True)
     ]
-    rows.append(["share: block 0's ln1 (w + b)", _correct_first_norm_share(ds), "", "", ""])
+    rows.append(["share: block 0's ln1 (w + b)", correct_first_norm_share(ds), "", "", ""])
     if "paper_share" in ds:
         rows.append(["paper's formula: share of 0.ln_1 (weight + bias)", first_norm_share(ds)])
     rows = [row + [""] * (5 - len(row)) for row in rows]
@@ -247,7 +253,7 @@ def summary(ds: xr.Dataset) -> Table:
     return Table(title, ["per-sample gradient", "min / value", "median", "mean", "max"], rows)
 
 
-def _correct_first_norm_share(ds: xr.Dataset) -> float:
+def correct_first_norm_share(ds: xr.Dataset) -> float:
     """Mean per-sample share of the squared gradient norm (all parameters) in block 0's ln1."""
     present = [t for t in FIRST_NORM if t in ds.tensor]
     return float(ds["share_mean"].sel(tensor=present).sum()) if present else np.nan
@@ -259,7 +265,7 @@ def first_norm_share(ds: xr.Dataset) -> float:
     the paper variant was computed, as the paper's 89% is; else the mean per-sample share of the
     squared norm over all parameters."""
     if "paper_share" not in ds:
-        return _correct_first_norm_share(ds)
+        return correct_first_norm_share(ds)
     present = [t for t in RELEASED_FIRST_NORM if t in ds.released_tensor]
     return float(ds["paper_share"].sel(released_tensor=present).sum()) if present else np.nan
 
@@ -283,6 +289,14 @@ DIAGNOSTIC = Diagnostic(
         a="image",
         b="random",
         value=first_norm_share,
+        correct=correct_first_norm_share,
+        correct_statistic="mean per-sample share of the squared gradient norm over all "
+        "parameters in block 0's ln1 (w + b)",
     ),
-    preset_options={"epoch": "gradient_epoch", "paper_variant": "paper_variants"},
+    preset_options={
+        "epoch": "gradient_epoch",
+        "samples": "gradient_samples",
+        "confusion_samples": "gradient_confusion_samples",
+        "paper_variant": "paper_variants",
+    },
 )

@@ -15,6 +15,15 @@ counts them. Critics (MINE, InfoNCE) train on half the samples and are scored on
 `train_mean` is their optimistic bound on the training half.
 `paper=True` reproduces the paper's protocol: MINE (3 x 400, 1000 iterations, batch 50) trained
 and evaluated on the same probe samples, one seed (`preset="paper"` of `mutual_info.estimate`).
+
+`paper_variant=True` adds `paper_mi(quantity, block, context)`: the released code's sites
+(``mine-pytorch/util_to_save_mi.py:run_to_save_mi`` on activations saved by
+``analysis/section-52-mutual-information/save_activation.py``). T is a block's MLP branch output
+(``{block}.mlp.dropout``, eval mode: `mlp_out`), not `resid_post`; for every context position
+3 step + i (i = return, state, action; the last action skipped: 3K - 1 positions),
+I(X;T) takes X = that token's input at that step and T at position -2 (the last state), and
+I(Y;T) takes Y = the last action and T at that position. One seed, no null, on the probe batch
+(the released code's 100 samples), with the estimator of the main analysis (`paper=True`: MINE).
 """
 
 from __future__ import annotations
@@ -119,6 +128,50 @@ def information(
     )
 
 
+def released_positions(steps: int) -> list[tuple[int, int]]:
+    """(step, token index) of the released MI's context positions: every token of `steps`
+    timesteps but the last action."""
+    return [(t, i) for t in range(steps) for i in range(3) if (t, i) != (steps - 1, 2)]
+
+
+def paper_information(
+    mlp_out: xr.DataArray,
+    batch: Batch,
+    method: str | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> xr.DataArray:
+    """`paper_mi(quantity, block, context)`, the released MI (see the module docstring), for
+    every `layer` of `mlp_out` (sample, layer, position, d_model) captured on `batch`; NaN where
+    the estimator fails (a constant input at a padded step), as the released code's."""
+    method_options = options | ({} if method is None else {"method": method})
+    inputs = (batch.returns_to_go, batch.states, batch.actions)
+    target = batch.actions[:, -1]
+    positions = released_positions(batch.states.shape[1])
+    out = np.full((len(QUANTITIES), mlp_out.sizes["layer"], len(positions)), np.nan)
+    for b, layer in enumerate(mlp_out.layer.values):
+        t = mlp_out.sel(layer=layer).values
+        for c, (step, i) in enumerate(positions):
+            pairs = ((inputs[i][:, step], t[:, -2]), (target, t[:, 3 * step + i]))
+            for q, (x, y) in enumerate(pairs):
+                try:  # as the released try/except: NaN where the estimator fails
+                    out[q, b, c] = estimate(x, y, seeds=[seed], **method_options).values[0]
+                except DtlensError:
+                    pass
+    out[~np.isfinite(out)] = np.nan
+    return xr.DataArray(
+        out,
+        dims=("quantity", "block", "context"),
+        coords={
+            "quantity": list(QUANTITIES),
+            "block": mlp_out.layer.values,
+            "context": [3 * step + i for step, i in positions],
+            "context_step": ("context", [step for step, _ in positions]),
+            "context_token": ("context", [TOKEN_TYPES[i] for _, i in positions]),
+        },
+    )
+
+
 def compute_mutual_info(
     run: Run,
     epoch: int = -1,
@@ -129,11 +182,13 @@ def compute_mutual_info(
     samples: int | None = None,
     null_shuffles: int = 5,
     paper: bool = False,
+    paper_variant: bool = False,
     **options: Any,
 ) -> xr.Dataset:
     """I(X;T) and I(Y;T) of `run`'s checkpoint `epoch` (-1: last) at `blocks` (default first,
     middle, last) on its probe batch (or `samples` windows drawn like it), with `seeds` seeds
-    from `seed` and a permutation null. `paper=True`: MINE with the paper's protocol, one seed."""
+    from `seed` and a permutation null. `paper=True`: MINE with the paper's protocol, one seed.
+    `paper_variant`: also `paper_mi`, on the released code's sites."""
     if paper:
         if method not in (None, "mine"):
             raise DtlensError(f"--paper reproduces the paper's MINE; it cannot use {method}")
@@ -159,6 +214,12 @@ def compute_mutual_info(
         null_shuffles,
         **options,
     )
+    if paper_variant:
+        probe = run.windows()
+        mlp_out = capture(model, probe, hooks=[f"backbone.blocks.{b}.hook_mlp_out" for b in blocks])
+        ds["paper_mi"] = paper_information(
+            mlp_out.mlp_out.sel(layer=blocks), probe, method, seed, **options
+        )
     t = run.train_config
     ds.attrs |= {
         "run": run.name,
@@ -221,6 +282,23 @@ def summary(ds: xr.Dataset) -> Table:
                         int(c["diverged"]),
                     ]
                 )
+    if "paper_mi" in ds:
+        for quantity in ds.quantity.values:
+            for block in ds.block.values:
+                v = ds["paper_mi"].sel(quantity=quantity, block=block).values
+                spread = float(np.nanstd(v)) if np.isfinite(v).any() else np.nan
+                rows.append(
+                    [
+                        str(quantity),
+                        int(block),
+                        f"paper: mlp_out, {len(v)} positions",
+                        float(np.nanmean(v)) if np.isfinite(v).any() else np.nan,
+                        spread,
+                        "",
+                        "",
+                        int(np.isnan(v).sum()),
+                    ]
+                )
     title = (
         f"mutual information of {ds.attrs['run']} epoch {ds.attrs['epoch']} (nats; "
         f"{ds.attrs['method']}, {ds.sizes['seed']} seed(s), {ds.attrs['samples']} samples, "
@@ -228,6 +306,14 @@ def summary(ds: xr.Dataset) -> Table:
     )
     header = ["quantity", "block", "token", "MI", "± std", "null", "MI above null", "diverged"]
     return Table(title, header, rows)
+
+
+def paper_mean(ds: xr.Dataset) -> float:
+    """Mean over quantities, blocks and context positions of the released MI (`paper_mi`) when
+    the paper variant was computed; else `mean_above_null`."""
+    if "paper_mi" not in ds:
+        return mean_above_null(ds)
+    return float(np.nanmean(ds["paper_mi"].values))
 
 
 def mean_above_null(ds: xr.Dataset) -> float:
@@ -246,9 +332,18 @@ DIAGNOSTIC = Diagnostic(
     finding=Finding(
         claim=CLAIMS["mi"],
         short="pretrained < random",
-        statistic="mean MI above the permutation null, I(X;T) and I(Y;T), blocks and tokens",
+        statistic="mean MI, I(X;T) and I(Y;T); with the paper variant the released sites' "
+        "(MLP branch output, 3K - 1 context positions, probe batch), else dtlens's",
         expect="less",
-        value=mean_above_null,
+        value=paper_mean,
+        correct=mean_above_null,
+        correct_statistic="mean MI above the permutation null of resid_post at the last "
+        "timestep, I(X;T) and I(Y;T), blocks and tokens",
     ),
-    preset_options={"blocks": "mi_blocks", "seeds": "mi_seeds", "samples": "mi_samples"},
+    preset_options={
+        "blocks": "mi_blocks",
+        "seeds": "mi_seeds",
+        "samples": "mi_samples",
+        "paper_variant": "paper_variants",
+    },
 )

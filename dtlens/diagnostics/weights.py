@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import xarray as xr
+from jaxtyping import Float
 from torch import Tensor, nn
 
 import dtlens
@@ -109,6 +110,12 @@ def _with_ratios(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
+def _sums(before: Tensor, after: Tensor) -> Float[Tensor, "4"]:
+    """||after - before||^2, ||before||^2, ||after||^2 and <before, after>, in float64 (`SUMS`)."""
+    x, y = before.detach().double().flatten(), after.detach().double().flatten()
+    return torch.stack([(x - y) @ (x - y), x @ x, y @ y, x @ y])
+
+
 @torch.no_grad()
 def weight_change(before: StateDict | nn.Module, after: StateDict | nn.Module) -> xr.Dataset:
     """Per-tensor change from `before` to `after`: two modules or state dicts with the same
@@ -117,12 +124,11 @@ def weight_change(before: StateDict | nn.Module, after: StateDict | nn.Module) -
     drop = buffers_a | buffers_b
     a, b = ({k: v for k, v in x.items() if k not in drop and not _skipped(k)} for x in (a, b))
     _check_same(a, b)
-    pairs = [(a[k].detach().double().flatten(), b[k].detach().double().flatten()) for k in a]
-    sums = torch.stack([torch.stack([(x - y) @ (x - y), x @ x, y @ y, x @ y]) for x, y in pairs])
+    sums = torch.stack([_sums(a[k], b[k]) for k in a])  # float64 copies of one tensor at a time
     block, kind, part = zip(*(classify(name) for name in a), strict=True)
     ds = xr.Dataset(
         {k: ("tensor", sums[:, i].cpu().numpy()) for i, k in enumerate(SUMS)}
-        | {"numel": ("tensor", np.array([x.numel() for x, _ in pairs]))},
+        | {"numel": ("tensor", np.array([x.numel() for x in a.values()]))},
         coords={
             "tensor": list(a),
             "block": ("tensor", list(block)),

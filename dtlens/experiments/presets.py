@@ -1,14 +1,17 @@
-"""Presets of the reproduction: `mini` (offline, CPU, minutes) and `paper` (PAPER.md, a GPU)."""
+"""Presets of the reproduction: `mini` (offline, CPU, minutes; Hopper), `mini-tasks` (`mini` on
+the three tasks) and `paper` (PAPER.md, a GPU)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dtlens.errors import DtlensError
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
+from dtlens.train.loop import check_device
 
 #: The mini budget (see `mini`): epochs x steps per epoch at batch 64, evaluated every N epochs.
 MINI_EPOCHS, MINI_STEPS, MINI_EVAL_EVERY = 5, 30, 5
@@ -30,13 +33,16 @@ class Preset:
     seeds: tuple[int, ...] = (666,)
     block_swap_epochs: dict[str, int] = field(default_factory=dict)  # label -> epochs (K=1)
     block_swap_size: BackboneConfig = MINI  # the random model that receives a donor block
+    block_swap_blocks: tuple[int, ...] | None = None  # blocks that receive one (None: all)
     attention_epochs: tuple[int, ...] = (0, 1, 4, 10, 40)
     gradient_epoch: int = 1
     mi_blocks: tuple[int, ...] | None = None  # None: first, middle, last
     mi_seeds: int = 3
     mi_samples: int = 1000  # windows for MI: the default estimator's calibrated size
     probe_size: int = 100
-    paper_variants: bool = True  # the released code's CKA and attention-distance variants too
+    gradient_samples: int = 100  # probe windows of the per-sample gradients
+    gradient_confusion_samples: int = 50  # of which pairwise cosines give gradient confusion
+    paper_variants: bool = True  # the released code's variants too (CKA, MI, gradients, attention)
 
     @property
     def inits(self) -> tuple[str, str, str]:
@@ -77,6 +83,18 @@ def mini() -> Preset:
     )
 
 
+def mini_tasks() -> Preset:
+    """`mini` on the paper's three tasks: the shipped Hopper, HalfCheetah and Walker2d medium
+    datasets (`mini/<task>-medium`), with mini's backbones, budget and seeds."""
+    return dataclasses.replace(
+        mini(),
+        name="mini-tasks",
+        datasets={task: f"mini/{task}-medium" for task in PAPER_ENVS},
+        env_ids=dict.fromkeys(PAPER_ENVS),
+        block_swap_epochs=dict.fromkeys(PAPER_ENVS, MINI_EPOCHS),
+    )
+
+
 def paper(gpt2: str | Path, imagegpt: str | Path, d4rl_dir: str | Path) -> Preset:
     """PAPER.md: GPT-2, ImageGPT and the paper's 1-head ReLU random init on D4RL medium-v2,
     40 epochs x 2500 steps, seeds 666 and 42. D4RL's MuJoCo 2.1 environments cannot be built
@@ -98,8 +116,13 @@ def paper(gpt2: str | Path, imagegpt: str | Path, d4rl_dir: str | Path) -> Prese
     )
 
 
-def check_paper_inputs(gpt2: str | None, imagegpt: str | None, d4rl_dir: str | None) -> None:
-    """Every input of the paper preset, checked before any run starts."""
+def check_paper_inputs(
+    gpt2: str | None,
+    imagegpt: str | None,
+    d4rl_dir: str | None,
+    tasks: Sequence[str] = tuple(PAPER_ENVS),
+) -> None:
+    """Every input of the paper preset on `tasks`, checked before any run starts."""
     missing = []
     for flag, value in (("--gpt2", gpt2), ("--imagegpt", imagegpt), ("--d4rl-dir", d4rl_dir)):
         if not value:
@@ -109,22 +132,35 @@ def check_paper_inputs(gpt2: str | None, imagegpt: str | None, d4rl_dir: str | N
     for flag, path in (("--gpt2", gpt2), ("--imagegpt", imagegpt)):
         if not (Path(path) / "config.json").is_file():
             raise DtlensError(f"{flag} {path}: no HF model directory (config.json missing)")
-    for env in PAPER_ENVS:
+    for env in tasks:
         f = Path(d4rl_dir) / f"{env}-medium-v2.hdf5"
         if not f.is_file():
             raise DtlensError(f"--d4rl-dir {d4rl_dir}: missing {f.name}")
 
 
-PRESETS = ("mini", "paper")
+PRESETS = ("mini", "mini-tasks", "paper")
 
 
-def resolve_device(device: str) -> str:
-    """`auto` is cuda when available, else cpu; anything else is kept."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def narrow(
+    preset: Preset, tasks: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> Preset:
+    """`preset` on the given tasks (dataset labels) and seeds only (None: all of them)."""
+    datasets = preset.datasets
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in datasets]
+        if unknown or not tasks:
+            raise DtlensError(
+                f"--tasks {','.join(tasks)}: the {preset.name} preset's tasks are "
+                f"{', '.join(datasets)}"
+            )
+        datasets = {t: datasets[t] for t in dict.fromkeys(tasks)}
+    if seeds is not None and (not seeds or any(s < 0 for s in seeds)):
+        raise DtlensError(f"--seeds must be seeds >= 0, got {list(seeds)}")
+    return dataclasses.replace(
+        preset,
+        datasets=datasets,
+        seeds=preset.seeds if seeds is None else tuple(dict.fromkeys(seeds)),
+    )
 
 
 def get(
@@ -133,13 +169,24 @@ def get(
     imagegpt: str | None = None,
     d4rl_dir: str | None = None,
     device: str = "auto",
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    precision: str = "fp32",
+    deterministic: bool = False,
 ) -> Preset:
-    """The preset `name` with its inputs checked and its runs on `device`."""
+    """The preset `name` on `tasks` and `seeds` (None: its own), its inputs checked, its runs
+    on `device` (checked here: one clear line when it is missing) in `precision`."""
     if name == "mini":
         preset = mini()
+    elif name == "mini-tasks":
+        preset = mini_tasks()
     elif name == "paper":
-        check_paper_inputs(gpt2, imagegpt, d4rl_dir)
+        chosen = [t for t in tasks or PAPER_ENVS if t in PAPER_ENVS]  # narrow() names others
+        check_paper_inputs(gpt2, imagegpt, d4rl_dir, chosen)
         preset = paper(gpt2, imagegpt, d4rl_dir)
     else:
         raise DtlensError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
-    return dataclasses.replace(preset, train=preset.train.replace(device=resolve_device(device)))
+    train = preset.train.replace(
+        device=check_device(device), precision=precision, deterministic=deterministic
+    )
+    return narrow(dataclasses.replace(preset, train=train), tasks, seeds)

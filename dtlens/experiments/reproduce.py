@@ -22,6 +22,7 @@ from dtlens.errors import DtlensError
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
 from dtlens.experiments.studies import block_swap_specs, spec_for
+from dtlens.interp.registry import interp_tasks
 from dtlens.io import load_json, save_json
 from dtlens.locks import folder_lock
 from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
@@ -68,7 +69,8 @@ class Plan:
 
 
 def plan(preset: Preset) -> list[Plan]:
-    """Every compared condition with every seed of the preset."""
+    """Every compared condition with every seed of the preset. Each run keeps the checkpoints
+    its diagnostics read (`kept_epochs`) and its latest."""
     roles = {"random": preset.random, "language": preset.language, "image": preset.image}
     plans = []
     for label, dataset in preset.datasets.items():
@@ -90,10 +92,40 @@ def plan(preset: Preset) -> list[Plan]:
                 epochs=preset.block_swap_epochs.get(label, base.epochs),
                 size=preset.block_swap_size,
             )
-            for variant, spec in block_swap_specs(swap_base, preset.language, context=1).items():
+            blocks = None if preset.block_swap_blocks is None else list(preset.block_swap_blocks)
+            specs = block_swap_specs(swap_base, preset.language, blocks, context=1)
+            for variant, spec in specs.items():
                 swap[(variant, seed)] = spec
-        plans.append(Plan(label, main, no_context, no_clip, swap))
+        plans.append(_keeping_epochs(preset, Plan(label, main, no_context, no_clip, swap)))
     return plans
+
+
+def kept_epochs(preset: Preset) -> dict[str, tuple[int, ...]]:
+    """Checkpoints each kind of run keeps besides its latest: what its diagnostics read. K=20
+    runs: epoch 0 (CKA, weight change) and the gradient epoch; K=1 runs: the attention epochs;
+    the other runs are read through their metrics only."""
+    return {"K20": (0, preset.gradient_epoch), "K1": (0, *preset.attention_epochs)}
+
+
+def _keeping_epochs(preset: Preset, p: Plan) -> Plan:
+    """`p` with each run's `keep_epochs` set: the union over the roles it plays (runs of equal
+    configs are shared by roles, so they must stay equal)."""
+    keep = kept_epochs(preset)
+    needs: dict[str, set[int]] = {s.name: set() for s in p.specs()}
+    for spec in p.main.values():
+        needs[spec.name].update(keep["K20"])
+    for (_, k, _), spec in p.no_context.items():
+        needs[spec.name].update(keep["K1" if k == 1 else "K20"])
+
+    def keeping(runs: dict) -> dict:
+        return {
+            key: spec_for(s.cfg.replace(keep_epochs=tuple(sorted(needs[s.name]))))
+            for key, s in runs.items()
+        }
+
+    return Plan(
+        p.label, keeping(p.main), keeping(p.no_context), keeping(p.no_clip), keeping(p.block_swap)
+    )
 
 
 def claim_folder(out: Path, preset: Preset) -> None:
@@ -135,7 +167,7 @@ def ensure_embedded_backbone(name: str, log: Log) -> None:
 def reproduce(
     preset: Preset,
     out: str | Path,
-    workers: int = 2,
+    workers: int | None = None,
     scheduler: str | None = None,
     log: Log = print,
 ) -> Path:
@@ -147,7 +179,9 @@ def reproduce(
         return _reproduce(preset, out, workers, scheduler, log)
 
 
-def _reproduce(preset: Preset, out: Path, workers: int, scheduler: str | None, log: Log) -> Path:
+def _reproduce(
+    preset: Preset, out: Path, workers: int | None, scheduler: str | None, log: Log
+) -> Path:
     claim_folder(out, preset)
     t0 = time.perf_counter()
     prepare(preset, log)
@@ -212,3 +246,5 @@ def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None
         finished = {k: Run(runs / s.name) for k, s in studies[name].items() if s.name in ok}
         if finished:
             step(f"{name} comparison", lambda d=diag, f=finished: d.write(f, root))
+    for what, task in interp_tasks(by_role["main"], root):
+        step(what, task)

@@ -1,16 +1,24 @@
 """Run specs and their execution: in this process, or as tasks on dask.distributed.
 
+Where runs go (`choose_cluster`): an existing cluster when a scheduler address is given; on
+`--device cuda` with several GPUs, a dask-cuda `LocalCUDACluster` (one worker per GPU, the
+optional `gpu` extra); on CPU, a `LocalCluster` of single-threaded processes; one worker runs
+in this process.
+
 A finished run (its last epoch checkpointed) is skipped; an interrupted one is resumed. A run that
 fails is reported with its error and does not stop the others.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from dtlens.errors import DtlensError
 from dtlens.train.config import TrainConfig
@@ -31,6 +39,46 @@ class RunOutcome:
     status: str  # "done" (already finished), "trained", "failed"
     seconds: float = 0.0
     error: str = ""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where runs go: "process" (this one), "local" (dask LocalCluster of `workers` processes),
+    "cuda" (dask-cuda LocalCUDACluster, one worker per GPU) or "scheduler" (an existing one)."""
+
+    kind: str
+    workers: int = 1
+
+
+def default_cpu_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def choose_cluster(device: str, workers: int | None, scheduler: str | None, gpus: int) -> Cluster:
+    """The cluster for runs on `device` given `workers` (None: one per GPU on cuda, one on
+    cuda:N, else `default_cpu_workers()`), a `scheduler` address and the visible `gpus`."""
+    if scheduler:
+        return Cluster("scheduler", 0)
+    if workers is not None and workers < 1:
+        raise DtlensError(f"--workers must be at least 1, got {workers}")
+    if device == "cuda":  # every GPU
+        n = gpus if workers is None else min(workers, gpus)
+        return Cluster("cuda", n) if n > 1 else Cluster("process")
+    if workers is None:  # "cuda:N" names one GPU: its runs share it only when asked to
+        workers = 1 if device.startswith("cuda:") else default_cpu_workers()
+    return Cluster("local", workers) if workers > 1 else Cluster("process")
+
+
+def local_cuda_cluster(workers: int):
+    """A dask-cuda LocalCUDACluster of `workers` workers, one GPU each."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise DtlensError(
+            "one worker per GPU needs dask-cuda: pip install 'dtlens[gpu]' "
+            "(or --workers 1, or --scheduler ADDRESS of a running cluster)"
+        ) from None
+    return LocalCUDACluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
 
 
 def run_status(path: Path, cfg: TrainConfig) -> str:
@@ -69,19 +117,23 @@ def execute_one(spec: RunSpec, root: str, threads: int = 0) -> RunOutcome:
 def execute(
     specs: Iterable[RunSpec],
     root: str | Path,
-    workers: int = 1,
+    workers: int | None = 1,
     scheduler: str | None = None,
     on_done=None,
 ) -> list[RunOutcome]:
-    """Run every spec. `workers` > 1 starts a dask LocalCluster of that many single-threaded
-    processes; `scheduler` connects to an existing cluster instead (its workers must see the
-    data paths and `root`). `on_done(outcome)` is called as each run finishes."""
+    """Run every spec where `choose_cluster` says (from the specs' device): `workers` > 1 starts
+    a dask LocalCluster of that many single-threaded processes on CPU, a LocalCUDACluster of up
+    to that many GPUs on cuda; `scheduler` connects to an existing cluster instead (its workers
+    must see the data paths and `root`). `on_done(outcome)` is called as each run finishes."""
     specs = list(specs)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise DtlensError(f"duplicate run names: {names}")
     root = str(Path(root).resolve())
-    if scheduler is None and workers <= 1:
+    device = specs[0].cfg.device if specs else "cpu"
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    choice = choose_cluster(device, workers, scheduler, gpus)
+    if choice.kind == "process":
         outcomes = []
         for spec in specs:
             outcomes.append(execute_one(spec, root))
@@ -92,14 +144,19 @@ def execute(
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
-    if scheduler is None:
+    if choice.kind == "cuda":
+        cluster = local_cuda_cluster(choice.workers)
+    elif choice.kind == "local":
         # dask's nannies set MALLOC_TRIM_THRESHOLD_, which also turns off glibc's dynamic mmap
         # threshold: every large tensor is then mmap'ed afresh and a training step is ~2.6x
         # slower. Workers get one thread each and the default allocator.
         environ = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=choice.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
             )
     try:
         with Client(scheduler or cluster) as client:

@@ -6,6 +6,7 @@ writes `diagnostics/*.nc` and `figures/*.png` under the study folder.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import xarray as xr
@@ -36,25 +37,34 @@ def no_context_specs(
     }
 
 
-def check_donor(donor: str, size: BackboneConfig, imagegpt_norm: str = "rms") -> None:
-    """Fail before any run if the donor's blocks cannot go into a random DT of `size`."""
-    theirs = backbone_config(resolve_backbone(donor, imagegpt_norm=imagegpt_norm).cfg)
-    fields = ("d_model", "n_heads", "d_mlp", "act_fn", "normalization_type")
-    diff = [
-        f"{f} {getattr(theirs, f)} != {getattr(size, f)}"
-        for f in fields
-        if getattr(theirs, f) != getattr(size, f)
-    ]
-    if diff:
-        raise DtlensError(f"donor {donor} does not fit the random model: {', '.join(diff)}")
+def check_donor(donor: str, size: BackboneConfig, imagegpt_norm: str = "rms") -> BackboneConfig:
+    """Fail before any run if the donor's blocks cannot go into a random DT of `size`: the widths
+    must match (a block of other heads or activation makes a mixed backbone). Returns the
+    donor's config."""
+    theirs = backbone_config(resolve_backbone(donor, imagegpt_norm=imagegpt_norm))
+    if theirs.d_model != size.d_model:
+        raise DtlensError(
+            f"donor {donor} does not fit the random model: d_model {theirs.d_model} != "
+            f"{size.d_model}"
+        )
     if theirs.n_layers < size.n_layers:
         raise DtlensError(f"donor {donor} has {theirs.n_layers} blocks, the model {size.n_layers}")
+    return theirs
 
 
 def block_swap_specs(
-    base: TrainConfig, donor: str, blocks: list[int] | None = None, context: int = 1
+    base: TrainConfig,
+    donor: str,
+    blocks: list[int] | None = None,
+    context: int = 1,
+    released_block_zero: bool = False,
 ) -> dict[str, RunSpec]:
-    """{label: RunSpec}: all-random, one run per donated block, and all-donor; all at `context`."""
+    """{label: RunSpec}: all-random, one run per donated block, and all-donor; all at `context`.
+
+    `released_block_zero` reproduces a quirk of the paper's released `experiment.py`: it swaps
+    blocks under `if pretrained_block:`, false for block 0, while `pretrained_lm` is still gpt2,
+    so "block 0" trains the full donor (all 12 GPT-2 blocks): here the donor run, shared.
+    """
     n = base.size.n_layers
     blocks = list(range(n)) if blocks is None else blocks
     if not blocks:
@@ -65,7 +75,11 @@ def block_swap_specs(
     cfg = base.replace(context_len=context)
     specs = {"random": spec_for(cfg.replace(init="random"))}
     for b in blocks:
-        specs[f"block {b}"] = spec_for(cfg.replace(init="random", replace_block=b, donor=donor))
+        if released_block_zero and b == 0:
+            run = cfg.replace(init=donor)
+        else:
+            run = cfg.replace(init="random", replace_block=b, donor=donor)
+        specs[f"block {b}"] = spec_for(run)
     specs["donor"] = spec_for(cfg.replace(init=donor))
     return specs
 
@@ -121,11 +135,17 @@ def run_block_swap(
     workers: int = 1,
     scheduler: str | None = None,
     on_done=None,
+    released_block_zero: bool = False,
 ) -> tuple[xr.Dataset, list[RunOutcome]]:
     out = Path(out)
-    check_donor(donor, base.size, base.imagegpt_norm)
-    specs = {(v, base.seed): s for v, s in block_swap_specs(base, donor, blocks, context).items()}
-    outcomes = execute(specs.values(), out / "runs", workers, scheduler, on_done)
+    theirs = check_donor(donor, base.size, base.imagegpt_norm)
+    if theirs.arch:  # another decoder family: the random model is the donor's layout, re-drawn
+        size = dataclasses.replace(theirs, n_layers=base.size.n_layers, blocks=())
+        base = base.replace(size=size)
+    swaps = block_swap_specs(base, donor, blocks, context, released_block_zero)
+    specs = {(v, base.seed): s for v, s in swaps.items()}
+    unique = {s.name: s for s in specs.values()}.values()  # released block 0 is the donor run
+    outcomes = execute(unique, out / "runs", workers, scheduler, on_done)
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))

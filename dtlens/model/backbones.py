@@ -6,6 +6,7 @@ the HF cache (never the network); embedded backbones and dtlens checkpoints come
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,11 +15,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.components import TransformerBlock
 
 import dtlens.model.activations  # noqa: F401  (registers quick_gelu before any config is built)
 from dtlens.errors import DtlensError
 from dtlens.io import save_tensors
-from dtlens.model.config import BackboneConfig
+from dtlens.model.config import BLOCK_FIELDS, BackboneConfig, BlockConfig
 
 HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
 
@@ -26,18 +28,33 @@ HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
 UNUSED_BY_DT = ("embed.", "pos_embed.", "unembed.")
 #: The fields a BackboneConfig and a HookedTransformerConfig share, under the same names.
 SHARED_FIELDS = ("n_layers", "d_model", "n_heads", "d_mlp", "act_fn", "normalization_type", "eps")
+#: TransformerLens fields in which other decoder families differ from GPT-2 (`BackboneConfig.arch`;
+#: n_ctx only with rotary embeddings, where it bounds the positions).
+ARCH_FIELDS = (
+    "original_architecture", "d_head", "n_ctx", "positional_embedding_type", "rotary_dim",
+    "rotary_base", "rotary_adjacent_pairs", "use_NTK_by_parts_rope", "NTK_original_ctx_len",
+    "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor", "NTK_by_parts_factor",
+    "parallel_attn_mlp", "gated_mlp", "n_key_value_heads", "final_rms", "use_attn_scale",
+    "use_local_attn", "window_size", "attn_types", "scale_attn_by_inverse_layer_idx",
+)  # fmt: skip
 
 
 def tl_config(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformerConfig:
-    """The TransformerLens config. A DT never uses the token/position embeddings or the
-    unembedding, so they get the smallest possible size (d_vocab=1, n_ctx=1)."""
-    return HookedTransformerConfig(
-        **{name: getattr(cfg, name) for name in SHARED_FIELDS},
+    """The TransformerLens config: GPT-2's layout, or another family's where `cfg.arch` says.
+    A DT never uses the token/position embeddings or the unembedding, so they get the smallest
+    possible size (d_vocab=1, n_ctx=1; rotary families keep their n_ctx, which bounds positions)."""
+    if unknown := sorted(set(dict(cfg.arch)) - set(ARCH_FIELDS)):
+        raise DtlensError(f"unknown backbone architecture fields {unknown}")
+    gpt2 = dict(
         d_head=cfg.d_head,
         d_vocab=d_vocab,
         n_ctx=n_ctx,
         positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel",
+    )
+    return HookedTransformerConfig(
+        **{name: getattr(cfg, name) for name in SHARED_FIELDS},
+        **(gpt2 | dict(cfg.arch)),
         default_prepend_bos=False,
         init_weights=False,
         device="cpu",
@@ -45,14 +62,44 @@ def tl_config(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTr
     )
 
 
-def backbone_config(cfg: HookedTransformerConfig) -> BackboneConfig:
-    """The BackboneConfig of a TransformerLens config."""
-    return BackboneConfig(**{name: getattr(cfg, name) for name in SHARED_FIELDS})
+def arch_fields(cfg: HookedTransformerConfig) -> dict:
+    """The ARCH_FIELDS in which `cfg` differs from GPT-2's layout of the same size."""
+    shared = {name: getattr(cfg, name) for name in SHARED_FIELDS}
+    gpt2 = tl_config(BackboneConfig(**shared), d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx)
+    arch = {k: getattr(cfg, k) for k in ARCH_FIELDS if getattr(cfg, k) != getattr(gpt2, k)}
+    if cfg.positional_embedding_type == "rotary":
+        arch["n_ctx"] = cfg.n_ctx
+    return arch
+
+
+def backbone_config(model: HookedTransformer | HookedTransformerConfig) -> BackboneConfig:
+    """The BackboneConfig of a backbone (its mixed blocks included) or of a TransformerLens
+    config (uniform)."""
+    if isinstance(model, HookedTransformerConfig):
+        shared = {name: getattr(model, name) for name in SHARED_FIELDS}
+        return BackboneConfig(**shared, arch=arch_fields(model))
+    blocks = [
+        BlockConfig(i, **{f: getattr(block.cfg, f) for f in BLOCK_FIELDS})
+        for i, block in enumerate(model.blocks)
+    ]
+    return dataclasses.replace(backbone_config(model.cfg), blocks=tuple(blocks))
+
+
+def set_block(model: HookedTransformer, index: int, cfg: BackboneConfig) -> TransformerBlock:
+    """Put a new (uninitialised) block built from the uniform `cfg` at `index`; hook names stay
+    `blocks.{index}.*`. Returns the block."""
+    block = TransformerBlock(tl_config(cfg, model.cfg.d_vocab, model.cfg.n_ctx), index)
+    model.blocks[index] = block.to(next(model.blocks[index].parameters()).device)
+    model.setup()  # re-register the new block's hook points under their names
+    return block
 
 
 def new_backbone(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformer:
-    """An uninitialised HookedTransformer (weights are torch.empty)."""
-    return HookedTransformer(tl_config(cfg, d_vocab=d_vocab, n_ctx=n_ctx), move_to_device=False)
+    """An uninitialised HookedTransformer (weights are torch.empty), mixed blocks built apart."""
+    model = HookedTransformer(tl_config(cfg, d_vocab=d_vocab, n_ctx=n_ctx), move_to_device=False)
+    for own in cfg.blocks:
+        set_block(model, own.index, cfg.block(own.index))
+    return model
 
 
 @torch.no_grad()
@@ -64,7 +111,7 @@ def init_gpt2_(model: HookedTransformer, std: float = 0.02) -> HookedTransformer
         leaf = name.rsplit(".", 1)[-1]
         if ".ln" in name or name.startswith("ln_final"):
             p.fill_(1.0 if leaf == "w" else 0.0)
-        elif leaf.startswith("b_"):
+        elif leaf.lstrip("_").startswith("b_"):  # grouped-query keys/values: _b_K, _b_V
             p.zero_()
         elif leaf in ("W_O", "W_out"):
             p.normal_(0.0, resid_std)
@@ -86,7 +133,7 @@ def save_backbone(model: HookedTransformer, path: str | os.PathLike, **meta: obj
     """A backbone as one safetensors file; its config and `meta` go in the JSON header."""
     header = {
         "kind": "backbone",
-        "backbone": backbone_config(model.cfg).__dict__,
+        "backbone": dataclasses.asdict(backbone_config(model)),
         "d_vocab": model.cfg.d_vocab,
         "n_ctx": model.cfg.n_ctx,
         "meta": meta,

@@ -1,6 +1,8 @@
 """DT checkpoints: one safetensors file, the DTConfig (and caller metadata) in its JSON header.
 
-Nothing is unpickled: loading reads tensors and JSON only.
+Nothing is unpickled: loading reads tensors and JSON only. The header's DTConfig carries the
+released-code options (padding, time embedding, tied head) and a mixed backbone's own blocks; a
+checkpoint written before them loads with their defaults (the standard DT, uniform blocks).
 """
 
 from __future__ import annotations

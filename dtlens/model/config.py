@@ -12,6 +12,27 @@ from typing import Any, Literal
 from dtlens.errors import DtlensError
 
 Norm = Literal["LN", "RMS"]
+Padding = Literal["masked", "released"]
+TimeEmbed = Literal["before_norm", "after_norm"]
+#: The fields a block of a mixed backbone may set for itself.
+BLOCK_FIELDS = ("n_heads", "d_mlp", "act_fn", "normalization_type", "eps")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Block `index` of a mixed backbone: its own heads, MLP width, activation and norm.
+
+    The paper's block replacement (released `experiment.py`, `--pretrained_block i`) assigns
+    `model.transformer.h[i] = model_pretrained.transformer.h[i]`: a 12-head gelu_new GPT-2 block
+    inside the 1-head ReLU random model. The residual width must match; nothing else has to.
+    """
+
+    index: int
+    n_heads: int
+    d_mlp: int
+    act_fn: str
+    normalization_type: Norm = "LN"
+    eps: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -25,8 +46,22 @@ class BackboneConfig:
     act_fn: str = "gelu_new"
     normalization_type: Norm = "LN"
     eps: float = 1e-5
+    #: Blocks that differ from the fields above (a mixed backbone), in index order.
+    blocks: tuple[BlockConfig, ...] = ()
+    #: Another decoder family's TransformerLens config fields (GPT-Neo, GPT-NeoX, OPT, Llama:
+    #: rotary, parallel attention/MLP, gated MLP, grouped keys; `dtlens.model.families`), as
+    #: sorted (name, value) pairs (hashable; a dict is accepted); empty for GPT-2's layout.
+    arch: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        arch = ((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(self.arch).items())
+        object.__setattr__(self, "arch", tuple(sorted(arch)))
+        blocks = [b if isinstance(b, BlockConfig) else BlockConfig(**b) for b in self.blocks]
+        indices = [b.index for b in blocks]
+        if len(set(indices)) < len(indices) or not all(0 <= i < self.n_layers for i in indices):
+            raise DtlensError(f"mixed blocks need distinct indices in [0, {self.n_layers})")
+        blocks = [b for b in blocks if any(getattr(b, f) != getattr(self, f) for f in BLOCK_FIELDS)]
+        object.__setattr__(self, "blocks", tuple(sorted(blocks, key=lambda b: b.index)))
         if self.n_layers < 1 or self.d_model < 1 or self.n_heads < 1 or self.d_mlp < 1:
             raise DtlensError(f"backbone sizes must be positive: {self}")
         if self.d_model % self.n_heads:
@@ -35,10 +70,19 @@ class BackboneConfig:
             raise DtlensError(
                 f"normalization_type must be LN or RMS, got {self.normalization_type}"
             )
+        for b in self.blocks:
+            self.block(b.index)  # each block's own fields pass the same checks
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    def block(self, index: int) -> BackboneConfig:
+        """The uniform config that block `index` is built from."""
+        own = {b.index: b for b in self.blocks}.get(index)
+        if own is None:
+            return dataclasses.replace(self, blocks=())
+        return dataclasses.replace(self, blocks=(), **{f: getattr(own, f) for f in BLOCK_FIELDS})
 
 
 #: The paper's random init: GPT-2 layout, 12 layers, d=768, one head, ReLU.
@@ -54,6 +98,19 @@ class DTConfig:
     """A Decision Transformer: embeddings of (R, s, a) tokens, a backbone, a tanh action head.
 
     Dropout follows the paper: residual/MLP 0.2, attention 0.1, embeddings 0.1.
+
+    Three options reproduce the paper's released code (can-wikipedia-help-offline-rl/
+    decision_transformer/models/); their defaults are the standard DT:
+
+    - `padding="released"`: `trajectory_gpt2.py` sets masked causal scores to -1e4 and adds the
+      padding mask, (1 - m) x -1e4, on top, so a left-padded query row still sums to 1 (its weight
+      goes to the future real tokens) and padded positions differ from block 1 on. "masked": padded
+      keys are excluded and padded query rows attend to nothing.
+    - `time_embed="after_norm"`: `decision_transformer.py` adds the timestep embedding to the
+      token stream after `embed_ln`; "before_norm" (original DT, HF) adds it to each token first.
+    - `tie_action_head=True`: `--share_input_output_proj` predicts actions as
+      tanh(h @ embed_action.weight), the action embedding transposed, no bias (the released head
+      always applies tanh; here `action_tanh` still decides).
     """
 
     state_dim: int
@@ -64,10 +121,19 @@ class DTConfig:
     attn_dropout: float = 0.1
     embed_dropout: float = 0.1
     action_tanh: bool = True
+    padding: Padding = "masked"
+    time_embed: TimeEmbed = "before_norm"
+    tie_action_head: bool = False
 
     def __post_init__(self) -> None:
         if self.state_dim < 1 or self.act_dim < 1 or self.max_ep_len < 1:
             raise DtlensError(f"state_dim, act_dim and max_ep_len must be positive: {self}")
+        if self.padding not in ("masked", "released"):
+            raise DtlensError(f"padding must be masked or released, got {self.padding!r}")
+        if self.time_embed not in ("before_norm", "after_norm"):
+            raise DtlensError(
+                f"time_embed must be before_norm or after_norm, got {self.time_embed!r}"
+            )
         if isinstance(self.backbone, dict):  # from JSON
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
 

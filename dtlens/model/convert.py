@@ -68,12 +68,13 @@ def _norm(sd: dict, hf: str, tl: str, cfg: BackboneConfig) -> dict[str, torch.Te
 def convert_gpt2_blocks(
     sd: dict[str, torch.Tensor], cfg: BackboneConfig
 ) -> dict[str, torch.Tensor]:
-    """HF GPT-2 / ImageGPT block and final-norm weights (keys `h.{i}.*`, `ln_f.*`) -> TL names."""
+    """HF GPT-2 / ImageGPT block and final-norm weights (keys `h.{i}.*`, `ln_f.*`) -> TL names.
+    Each block is split into its own head count (`cfg.block(i)`, mixed backbones)."""
     out: dict[str, torch.Tensor] = {}
-    h = cfg.n_heads
     for i in range(cfg.n_layers):
-        p, q = f"h.{i}", f"blocks.{i}"
-        out |= _norm(sd, f"{p}.ln_1", f"{q}.ln1", cfg) | _norm(sd, f"{p}.ln_2", f"{q}.ln2", cfg)
+        p, q, own = f"h.{i}", f"blocks.{i}", cfg.block(i)
+        h = own.n_heads
+        out |= _norm(sd, f"{p}.ln_1", f"{q}.ln1", own) | _norm(sd, f"{p}.ln_2", f"{q}.ln2", own)
         W_Q, W_K, W_V = sd[f"{p}.attn.c_attn.weight"].chunk(3, dim=1)
         b_Q, b_K, b_V = sd[f"{p}.attn.c_attn.bias"].chunk(3, dim=0)
         for n, W, b in (("Q", W_Q, b_Q), ("K", W_K, b_K), ("V", W_V, b_V)):

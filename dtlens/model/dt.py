@@ -2,15 +2,17 @@
 
 Every activation has a hook name: the embeddings (`hook_return_embed`, `hook_state_embed`,
 `hook_action_embed`, `hook_time_embed`), the interleaved token stream after the embedding norm
-(`hook_tokens`), the backbone's own names under `backbone.`, and the head (`hook_action_pred`).
+(`hook_tokens`; with `time_embed="after_norm"` the time embedding is in it), the backbone's own
+names under `backbone.`, and the head (`hook_action_pred`).
 Dropout sits at GPT-2's places (attention pattern, attention and MLP outputs) as permanent hooks,
-so the TransformerLens blocks stay unmodified and eval mode is dropout-free.
+so the TransformerLens blocks stay unmodified and eval mode is dropout-free. So does the paper's
+released padding (`DTConfig.padding`): a permanent hook on each `attn.hook_attn_scores`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -25,8 +27,27 @@ from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, load_params, r
 from dtlens.model.config import DTConfig
 from dtlens.model.convert import backbone_config_from_hf, convert_gpt2_blocks
 from dtlens.model.fast import fused_blocks
+from dtlens.model.padding import released_scores
 
 TOKEN_TYPES = ("return", "state", "action")
+
+
+class TiedActionHead(nn.Module):
+    """The released `--share_input_output_proj` head (`decision_transformer.py`: `F.linear(x,
+    self.embed_action.weight.t())`): the action embedding's weight, transposed, and no bias."""
+
+    bias = None
+
+    def __init__(self, embed_weight: Callable[[], Tensor]):
+        super().__init__()
+        self.embed_weight = embed_weight  # a getter: the weight is the embedding's, not a copy
+
+    @property
+    def weight(self) -> Float[Tensor, "act_dim d_model"]:
+        return self.embed_weight().T
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... act_dim"]:
+        return F.linear(x, self.weight)
 
 
 class DecisionTransformer(HookedRootModule):
@@ -43,7 +64,10 @@ class DecisionTransformer(HookedRootModule):
             self.embed_action = nn.Linear(cfg.act_dim, d)
             self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)
             self.embed_ln = nn.LayerNorm(d)
-            self.predict_action = nn.Linear(d, cfg.act_dim)
+            if cfg.tie_action_head:
+                self.predict_action = TiedActionHead(lambda: self.embed_action.weight)
+            else:
+                self.predict_action = nn.Linear(d, cfg.act_dim)
         self.backbone = random_backbone(cfg.backbone, seed=seed)
         if backbone is not None:
             self.load_backbone(backbone)
@@ -57,14 +81,19 @@ class DecisionTransformer(HookedRootModule):
         self.hook_tokens = HookPoint()  # [batch, 3 * step, d_model]
         self.hook_action_pred = HookPoint()  # [batch, step, act_dim]
         self.setup()
+        self._own_hooks: dict[str, int] = {}
         self._add_dropout_hooks()
+        #: The key mask of the forward pass in progress, read by the released-padding hooks.
+        self._key_mask: Tensor | None = None
+        if cfg.padding == "released":
+            self._add_released_padding_hooks()
         #: Use the fused blocks when no hook is attached to the backbone (same numbers).
         self.fast_path = True
 
     # -- construction --------------------------------------------------------------------------
     def load_backbone(self, backbone: HookedTransformer) -> None:
         """Copy the blocks and final norm of `backbone` (same architecture) into this DT."""
-        found = backbone_config(backbone.cfg)
+        found = backbone_config(backbone)
         if found != self.cfg.backbone:
             raise DtlensError(
                 f"backbone does not match the DT config: {found} != {self.cfg.backbone}"
@@ -81,7 +110,6 @@ class DecisionTransformer(HookedRootModule):
         def drop(p: float):
             return lambda x, hook: F.dropout(x, p, training=hook.training)
 
-        self._dropout_hooks: dict[str, int] = {}
         for i in range(self.cfg.n_layers):
             blk = f"backbone.blocks.{i}"
             for name, p in (
@@ -89,8 +117,20 @@ class DecisionTransformer(HookedRootModule):
                 (f"{blk}.hook_attn_out", self.cfg.resid_dropout),
                 (f"{blk}.hook_mlp_out", self.cfg.resid_dropout),
             ):
-                self.add_perma_hook(name, drop(p))
-                self._dropout_hooks[name] = 1
+                self._add_own_hook(name, drop(p))
+
+    def _add_released_padding_hooks(self) -> None:
+        """Mask each block's attention scores as the released GPT-2 does (`dtlens.model.padding`):
+        the backbone itself then runs with the causal mask only."""
+        for i in range(self.cfg.n_layers):
+            self._add_own_hook(
+                f"backbone.blocks.{i}.attn.hook_attn_scores",
+                lambda scores, hook: released_scores(scores, self._key_mask),
+            )
+
+    def _add_own_hook(self, name: str, hook) -> None:
+        self.add_perma_hook(name, hook)
+        self._own_hooks[name] = self._own_hooks.get(name, 0) + 1
 
     # -- forward -------------------------------------------------------------------------------
     def embed(
@@ -100,16 +140,23 @@ class DecisionTransformer(HookedRootModule):
         returns_to_go: Float[Tensor, "batch step 1"],
         timesteps: Int[Tensor, "batch step"],
     ) -> Float[Tensor, "batch 3*step d_model"]:
-        """Interleave (R_t, s_t, a_t) token embeddings, each plus its timestep embedding."""
+        """Interleave (R_t, s_t, a_t) token embeddings, each plus its timestep embedding, and
+        normalise them (`time_embed="after_norm"`: the timestep embedding is added after the norm,
+        as in the released `decision_transformer.py`)."""
         B, K, _ = states.shape
         if timesteps.max() >= self.cfg.max_ep_len or timesteps.min() < 0:
             raise DtlensError(f"timesteps must lie in [0, {self.cfg.max_ep_len})")
         time = self.hook_time_embed(self.embed_timestep(timesteps))
-        r = self.hook_return_embed(self.embed_return(returns_to_go)) + time
-        s = self.hook_state_embed(self.embed_state(states)) + time
-        a = self.hook_action_embed(self.embed_action(actions)) + time
-        tokens = torch.stack((r, s, a), dim=2).reshape(B, 3 * K, self.cfg.d_model)
-        return self.hook_tokens(self.embed_ln(tokens))
+        r = self.hook_return_embed(self.embed_return(returns_to_go))
+        s = self.hook_state_embed(self.embed_state(states))
+        a = self.hook_action_embed(self.embed_action(actions))
+        before = self.cfg.time_embed == "before_norm"
+        if before:
+            r, s, a = r + time, s + time, a + time
+        tokens = self.embed_ln(torch.stack((r, s, a), dim=2).reshape(B, 3 * K, self.cfg.d_model))
+        if not before:
+            tokens = tokens + time.repeat_interleave(3, dim=1)
+        return self.hook_tokens(tokens)
 
     def forward(
         self,
@@ -139,10 +186,23 @@ class DecisionTransformer(HookedRootModule):
         mask = None
         if attention_mask is not None:
             mask = attention_mask.to(torch.long).repeat_interleave(3, dim=1)
-        if self.fast_path and not self._backbone_hooked():
-            return fused_blocks(self.backbone, x, mask, self.cfg.attn_dropout, self.resid_dropout)
+        released = self.cfg.padding == "released"
+        # The fused kernels are GPT-2's blocks; other decoder families run TransformerLens's.
+        if self.fast_path and not self.cfg.backbone.arch and not self._backbone_hooked():
+            return fused_blocks(
+                self.backbone, x, mask, self.cfg.attn_dropout, self.resid_dropout, released
+            )
+        if released:  # the padding goes in through the hooks on the attention scores
+            self._key_mask, mask = mask, None
         x = self.backbone(x, start_at_layer=0, stop_at_layer=self.cfg.n_layers, attention_mask=mask)
         return self.backbone.ln_final(x)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Moves and casts (`.to`, `.cuda`, ...) also update the backbone's `cfg.device`:
+        TransformerLens moves the residual stream to it before every block."""
+        out = super()._apply(fn, *args, **kwargs)
+        self.backbone.cfg.device = self.device
+        return out
 
     def __deepcopy__(self, memo: dict) -> DecisionTransformer:
         """A copy with the same config, weights, mode and fast-path switch and its own dropout
@@ -163,9 +223,9 @@ class DecisionTransformer(HookedRootModule):
             self.fast_path = fast
 
     def _backbone_hooked(self) -> bool:
-        """Whether any hook besides the permanent dropout ones sits on the backbone."""
+        """Whether any hook besides this model's permanent ones sits on the backbone."""
         return any(
-            hp.bwd_hooks or len(hp.fwd_hooks) > self._dropout_hooks.get(name, 0)
+            hp.bwd_hooks or len(hp.fwd_hooks) > self._own_hooks.get(name, 0)
             for name, hp in self.hook_dict.items()
             if name.startswith("backbone.")
         )
@@ -187,7 +247,7 @@ class DecisionTransformer(HookedRootModule):
     # -- conveniences --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.predict_action.weight.device
+        return self.embed_state.weight.device
 
     def hook_names(self) -> list[str]:
         """The hook points a forward pass reaches (TransformerLens also defines hooks for the
@@ -242,3 +302,31 @@ class DecisionTransformer(HookedRootModule):
         dt.embed_ln.bias += sd["wpe.weight"][0]
         dt.predict_action.load_state_dict(hf_dt.predict_action[0].state_dict())
         return dt
+
+    @classmethod
+    @torch.no_grad()
+    def from_released(cls, state_dict: dict[str, Tensor], cfg: DTConfig) -> DecisionTransformer:
+        """The paper's released DecisionTransformer (can-wikipedia-help-offline-rl/
+        decision_transformer/models/decision_transformer.py), from its `state_dict`, as a dtlens
+        DT of `cfg`.
+
+        For the released predictions give `cfg` the released layout (`time_embed="after_norm"`,
+        `padding="released"`, `tie_action_head` as trained with `--share_input_output_proj`) and,
+        after a block replacement, the donor block in `cfg.backbone.blocks`. The released GPT-2
+        adds no position embedding; the state and return heads are not carried over.
+        """
+        dt = cls(cfg)
+        sd = {k.removeprefix("transformer."): v.detach().float() for k, v in state_dict.items()}
+        blocks = convert_gpt2_blocks(sd, cfg.backbone)
+        own = {k: v.detach().clone() for k, v in dt.backbone.named_parameters() if k not in blocks}
+        load_params(dt.backbone, blocks | own, "released DT")
+        for name in ("embed_return", "embed_state", "embed_action", "embed_timestep", "embed_ln"):
+            load_params(getattr(dt, name), _prefixed(sd, name), f"released DT {name}")
+        if not cfg.tie_action_head:
+            load_params(dt.predict_action, _prefixed(sd, "predict_action.0"), "released DT head")
+        return dt
+
+
+def _prefixed(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of `sd` under `prefix.`, with the prefix removed."""
+    return {k.removeprefix(prefix + "."): v for k, v in sd.items() if k.startswith(prefix + ".")}

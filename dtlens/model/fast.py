@@ -5,6 +5,9 @@ also normalises the block input three times (once each for q, k, v). When nothin
 the backbone's hook points, the same weights run here through one fused q/k/v projection and
 PyTorch's scaled_dot_product_attention. The result equals the hooked path at every real token;
 padded query rows attend to themselves here instead of to nothing (their outputs are never read).
+With `released=True` (the paper's padding, `dtlens.model.padding`) the scores are masked as the
+released GPT-2 masks them and the whole output, padded positions included, equals the hooked path.
+Each block runs with its own heads and activation (mixed backbones).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
+
+from dtlens.model.padding import released_scores
 
 
 def _activation(name: str, block) -> callable:
@@ -45,10 +50,12 @@ def fused_blocks(
     mask: Int[Tensor, "batch pos"] | None,
     attn_dropout: float,
     resid_dropout: nn.Dropout,
+    released: bool = False,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Run every block of `backbone` on the residual stream `x`, then its final norm."""
+    """Run every block of `backbone` on the residual stream `x`, then its final norm
+    (`released`: with the paper's released padding semantics)."""
     B, T, D = x.shape
-    allowed = allowed_keys(mask, T, x.device)
+    allowed = None if released else allowed_keys(mask, T, x.device)
     p = attn_dropout if backbone.training or resid_dropout.training else 0.0
     for block in backbone.blocks:
         attn, mlp = block.attn, block.mlp
@@ -56,12 +63,16 @@ def fused_blocks(
         w = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).transpose(1, 2).reshape(3 * H * dh, D)
         b = torch.cat([attn.b_Q, attn.b_K, attn.b_V]).reshape(3 * H * dh)
         qkv = F.linear(norm(block.ln1, x), w, b).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
-        z = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=allowed, dropout_p=p, is_causal=allowed is None
-        )
+        if released:
+            scores = released_scores(qkv[0] @ qkv[1].transpose(-1, -2) / dh**0.5, mask)
+            z = F.dropout(scores.softmax(dim=-1), p, training=p > 0) @ qkv[2]
+        else:
+            z = F.scaled_dot_product_attention(
+                qkv[0], qkv[1], qkv[2], attn_mask=allowed, dropout_p=p, is_causal=allowed is None
+            )
         z = z.transpose(1, 2).reshape(B, T, H * dh)
         x = x + resid_dropout(F.linear(z, attn.W_O.reshape(H * dh, D).T, attn.b_O))
-        hidden = _activation(backbone.cfg.act_fn, block)(
+        hidden = _activation(block.cfg.act_fn, block)(
             F.linear(norm(block.ln2, x), mlp.W_in.T, mlp.b_in)
         )
         x = x + resid_dropout(F.linear(hidden, mlp.W_out.T, mlp.b_out))

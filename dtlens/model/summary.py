@@ -35,14 +35,17 @@ def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], 
         }
         return rows, hook_patterns(dt.hook_names())
     backbone = resolve_backbone(name, imagegpt_norm=imagegpt_norm)
-    cfg = backbone_config(backbone.cfg)
+    cfg = backbone_config(backbone)
     names = DecisionTransformer(DTConfig(state_dim=1, act_dim=1, backbone=cfg)).hook_names()
     return _backbone_rows(backbone) | {"kind": "backbone"}, hook_patterns(names)
 
 
 def _backbone_rows(backbone: HookedTransformer) -> dict[str, object]:
-    cfg = backbone_config(backbone.cfg)
+    cfg = backbone_config(backbone)
     used = sum(p.numel() for n, p in backbone.named_parameters() if not n.startswith(UNUSED_BY_DT))
+    mixed = {
+        f"block {b.index}": f"{b.n_heads} heads, {b.act_fn}, d_mlp {b.d_mlp}" for b in cfg.blocks
+    }
     return {
         "layers": cfg.n_layers,
         "d_model": cfg.d_model,
@@ -52,4 +55,4 @@ def _backbone_rows(backbone: HookedTransformer) -> dict[str, object]:
         "norm": {"LN": "LayerNorm", "RMS": "RMS norm (no mean, no bias)"}[cfg.normalization_type],
         "activation": cfg.act_fn,
         "parameters (blocks + final norm)": used,
-    }
+    } | mixed

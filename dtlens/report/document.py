@@ -91,9 +91,10 @@ def _cell(value: object) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render **bold** and *italic* as Markdown does."""
+    """Escape, then render **bold**, [links](url) and *italic* as Markdown does."""
     import re
 
     text = html.escape(text)
     text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
     return re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)

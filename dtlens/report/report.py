@@ -1,5 +1,7 @@
 """The reproduction's report: Table 1, then one section per registered diagnostic (the paper's
 claim, our tables and figures, the finding's per-seed statistic and its verdict), then a summary.
+With several tasks, Table 1 across tasks comes first and each finding's verdicts per task and
+aggregated across tasks (`dtlens.stats.aggregate`) come last.
 
 Every verdict is `dtlens.stats.compare` on per-seed values of the statistic the diagnostic
 defines (`Diagnostic.finding`): holds / contradicted / undetermined, with the effect, its 95%
@@ -9,6 +11,7 @@ from the saved results alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,9 @@ from dtlens.diagnostics.claims import TABLE1, TABLE1_K1
 from dtlens.diagnostics.contract import Diagnostic, Table
 from dtlens.diagnostics.registry import DIAGNOSTICS
 from dtlens.io import load_json, write_atomic
+from dtlens.report.components import components_section
 from dtlens.report.document import Doc
-from dtlens.stats import Comparison
+from dtlens.stats import Comparison, aggregate
 
 ROLES = ("random", "language", "image")
 
@@ -105,13 +109,20 @@ def write_report(root: str | Path) -> Path:
         "**undetermined** otherwise (and always with fewer than 2 seeds a side)."
     )
     summary: list[list[object]] = []
-    for label, roles in meta["roles"].items():
-        study = Study(root, label, roles, meta["inits"])
-        doc.h(f"{label}", 2)
+    by_finding: dict[str, dict[str, Comparison]] = {}  # diagnostic -> task -> comparison
+    studies = [Study(root, label, roles, meta["inits"]) for label, roles in meta["roles"].items()]
+    if len(studies) > 1:
+        _table1_tasks(doc, studies)
+    for study in studies:
+        doc.h(f"{study.label}", 2)
         _table1(doc, study)
         _no_clip(doc, study)
         for diag in DIAGNOSTICS.values():
-            summary.append([label, *section(doc, study, diag)])
+            row, c = section(doc, study, diag)
+            summary.append([study.label, *row])
+            if c is not None:
+                by_finding.setdefault(diag.name, {})[study.label] = c
+        summary += [[study.label, *row] for row in components_section(doc, study)]
     doc.h("Summary", 2)
     doc.table(
         [
@@ -125,9 +136,63 @@ def write_report(root: str | Path) -> Path:
         ],
         summary,
     )
+    if len(studies) > 1:
+        _across_tasks(doc, by_finding, [s.label for s in studies])
     write_atomic(root / "report.md", lambda p: p.write_text(doc.markdown()))
     write_atomic(root / "report.html", lambda p: p.write_text(doc.html()))
     return root / "report.md"
+
+
+def _table1_tasks(doc: Doc, studies: list[Study]) -> None:
+    """Table 1 for every task: K=20 score of the last epoch here beside the paper's."""
+    doc.h("Normalized score across tasks (Table 1)", 2)
+    rows = []
+    for who in ROLES:
+        row: list[object] = [who]
+        for s in studies:
+            here = [s.final_score(s.run_dir("main", who, seed))[0] for seed in s.seeds]
+            row += [_pm(*_mean_std(here)), _pm(*TABLE1.get(s.label, {}).get(who, (None, None)))]
+        rows.append(row)
+    header = ["init"] + [f"{s.label} ({src})" for s in studies for src in ("here", "paper")]
+    doc.table(header, rows)
+    doc.p(
+        "D4RL normalized score, K=20, last epoch, mean ± std over seeds (details per task below)."
+    )
+
+
+def _across_tasks(doc: Doc, by_finding: dict[str, dict[str, Comparison]], tasks: list[str]) -> None:
+    """Each finding's verdict per task and aggregated across tasks (`dtlens.stats.aggregate`)."""
+    doc.h("Across tasks", 2)
+    doc.p(
+        "The aggregate is `dtlens.stats.aggregate`: each task's difference of means divided by "
+        "the task's pooled within-init standard deviation (a standardised effect, so tasks on "
+        "different scales count equally), averaged over tasks, with a 95% Welch-Satterthwaite "
+        "t interval; the verdict reads that interval as above. Tasks with fewer than 2 seeds a "
+        "side or no spread are left out."
+    )
+    rows = []
+    for name, per_task in by_finding.items():
+        diag = DIAGNOSTICS[name]
+        f = diag.finding
+        agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect=f.expect)
+        interval = (
+            f"{agg.effect:+.3g} [{agg.ci[0]:+.3g}, {agg.ci[1]:+.3g}]"
+            if np.isfinite(agg.effect)
+            else "n/a"
+        )
+        rows.append(
+            [
+                diag.title,
+                f"{f.a} {_sign(f.expect)} {f.b}",
+                *(per_task[t].verdict if t in per_task else "-" for t in tasks),
+                interval,
+                f"{agg.p:.3g}" if np.isfinite(agg.p) else "n/a",
+                verdict_text(agg),
+            ]
+        )
+    doc.table(
+        ["finding", "paper", *tasks, "standardised effect [95% CI]", "p", "across tasks"], rows
+    )
 
 
 def _table1(doc: Doc, s: Study) -> None:
@@ -193,13 +258,14 @@ def _table(doc: Doc, table: Table) -> None:
     doc.table(table.header, table.rows)
 
 
-def section(doc: Doc, s: Study, diag: Diagnostic) -> list[str]:
-    """One diagnostic's section; returns its summary row."""
+def section(doc: Doc, s: Study, diag: Diagnostic) -> tuple[list[str], Comparison | None]:
+    """One diagnostic's section; returns its summary row and its finding's comparison."""
     doc.h(diag.title, 3)
     f = diag.finding
     if f is not None:
         doc.p(f"*Paper:* {f.claim}")
     values: dict[str, np.ndarray] = {}
+    correct: dict[str, np.ndarray] = {}
     if diag.scope == "study":
         ds = diag.load(s.folder)
         if ds is None:
@@ -222,18 +288,18 @@ def section(doc: Doc, s: Study, diag: Diagnostic) -> list[str]:
             doc.figure(diag.png_path(run), f"{diag.name}, {who} init, seed {first}", s.root)
         if f is not None:
             for who in dict.fromkeys((*roles, f.a, f.b)):
-                per_seed = []
-                for seed in s.seeds:
-                    run = s.analysed(diag, who, seed)
-                    ds = diag.load(run) if run else None
-                    per_seed.append(f.value(ds) if ds is not None else np.nan)
-                values[who] = np.asarray(per_seed, dtype=float)
+                runs = [s.analysed(diag, who, seed) for seed in s.seeds]
+                results = [diag.load(run) if run else None for run in runs]
+                values[who] = _per_seed(f.value, results)
+                if f.correct is not None:
+                    correct[who] = _per_seed(f.correct, results)
     if f is None:
-        return [diag.title, "", "", "", "", ""]
+        return [diag.title, "", "", "", "", ""], None
     c = f.compare(values.get(f.a, []), values.get(f.b, []))
+    rows = list(values.items()) + [(f"{who} (correct variant)", v) for who, v in correct.items()]
     per_seed_rows = [
         [who, *(float(x) for x in v), _fmt(np.nanmean(v) if np.isfinite(v).any() else np.nan)]
-        for who, v in values.items()
+        for who, v in rows
     ]
     width = max((len(v) for v in values.values()), default=0)
     doc.table(["init", *[f"seed {i + 1}" for i in range(width)], "mean"], per_seed_rows)
@@ -241,14 +307,34 @@ def section(doc: Doc, s: Study, diag: Diagnostic) -> list[str]:
         f"Statistic: {f.statistic}. The paper: {f.a} {_sign(f.expect)} {f.b}. "
         f"{c.describe()} → {verdict_text(c)}."
     )
-    means = ", ".join(
-        f"{who} {_fmt(np.nanmean(v))}" for who, v in values.items() if np.isfinite(v).any()
-    )
+    if correct:
+        c_correct = f.compare(correct.get(f.a, []), correct.get(f.b, []))
+        doc.p(
+            f"Correct variant: {f.correct_statistic}. {c_correct.describe()} → "
+            f"{verdict_text(c_correct)}."
+        )
+    means = _means(values)
+    if correct:
+        means += f"; correct variant: {_means(correct)}, {c_correct.verdict}"
     interval = (
         f"{c.effect:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}]" if np.isfinite(c.effect) else "n/a"
     )
     p = f"{c.p:.3g}" if np.isfinite(c.p) else "n/a"
-    return [diag.title, f"{f.a} {_sign(f.expect)} {f.b}", means, interval, p, verdict_text(c)]
+    row = [diag.title, f"{f.a} {_sign(f.expect)} {f.b}", means, interval, p, verdict_text(c)]
+    return row, c
+
+
+def _means(values: dict[str, np.ndarray]) -> str:
+    return ", ".join(
+        f"{who} {_fmt(np.nanmean(v))}" for who, v in values.items() if np.isfinite(v).any()
+    )
+
+
+def _per_seed(
+    statistic: Callable[[xr.Dataset], float], results: list[xr.Dataset | None]
+) -> np.ndarray:
+    """`statistic` of each seed's result, NaN where there is none."""
+    return np.asarray([np.nan if ds is None else statistic(ds) for ds in results], dtype=float)
 
 
 def _sign(expect: str) -> str:

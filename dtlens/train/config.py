@@ -16,6 +16,9 @@ from dtlens.errors import DtlensError
 from dtlens.model.config import MINI, BackboneConfig
 
 DEVICE = re.compile(r"cpu|cuda|cuda:\d+|mps|auto")
+PRECISIONS = ("fp32", "tf32", "bf16")
+#: Fields a continued run may change (`TrainConfig.differences` ignores them).
+CONTINUABLE = ("epochs", "device", "deterministic", "keep_epochs")
 
 
 def _opt(default: Any, flag: str | None, help: str) -> Any:
@@ -78,15 +81,37 @@ class TrainConfig:
     resid_dropout: float = _opt(0.2, "--resid-dropout", "Residual and MLP dropout (paper 0.2).")
     attn_dropout: float = _opt(0.1, "--attn-dropout", "Attention dropout (paper 0.1).")
     embed_dropout: float = _opt(0.1, "--embed-dropout", "Embedding dropout (paper 0.1).")
+    padding: str = _opt(
+        "masked", "--padding", "masked, or released: the paper's GPT-2 padding (DTConfig.padding)."
+    )
+    time_embed: str = _opt(
+        "before_norm", "--time-embed", "before_norm, or after_norm as the paper's released DT."
+    )
+    tie_action_head: bool = _opt(
+        False, "--tie-action-head", "Action head = action embedding transposed (paper's option)."
+    )
     probe_size: int = _opt(
         100, "--probe-size", "Fixed probe windows every diagnostic uses (paper 100)."
     )
     probe_seed: int = _opt(0, "--probe-seed", "Seed that draws the probe windows.")
     device: str = _opt("cpu", "--device", "cpu, cuda, cuda:N, mps, or auto (the best available).")
+    precision: str = _opt(
+        "fp32", "--precision", "fp32 (paper), tf32 (CUDA matmuls) or bf16 (autocast)."
+    )
+    deterministic: bool = _opt(
+        False, "--deterministic", "Deterministic kernels (CUDA: slower; see README)."
+    )
+    keep_epochs: tuple[int, ...] | None = _opt(
+        None,
+        "--keep-epochs",
+        "Epoch checkpoints kept besides the latest, e.g. 0,1,4 (default: all).",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.size, dict):
             object.__setattr__(self, "size", BackboneConfig(**self.size))
+        if self.keep_epochs is not None:  # a JSON list, or any iterable: a sorted tuple
+            object.__setattr__(self, "keep_epochs", tuple(sorted(set(self.keep_epochs))))
         self._check()
 
     def _check(self) -> None:
@@ -119,13 +144,20 @@ class TrainConfig:
             self._require("replace_block", self.replace_block >= 0, "be >= 0")
         device_ok = bool(DEVICE.fullmatch(self.device))
         self._require("device", device_ok, "be cpu, cuda, cuda:N, mps or auto")
+        self._require("precision", self.precision in PRECISIONS, "be fp32, tf32 or bf16")
+        keep_ok = self.keep_epochs is None or all(e >= 0 for e in self.keep_epochs)
+        self._require("keep_epochs", keep_ok, "list epochs >= 0")
         norm_ok = self.imagegpt_norm in ("rms", "layernorm")
         self._require("imagegpt_norm", norm_ok, "be rms or layernorm")
+        self._require("padding", self.padding in ("masked", "released"), "be masked or released")
+        time_ok = self.time_embed in ("before_norm", "after_norm")
+        self._require("time_embed", time_ok, "be before_norm or after_norm")
         if (self.replace_block is None) != (self.donor is None):
             raise DtlensError("--replace-block and --donor go together")
-        if self.replace_block is not None and self.init != "random":
+        if self.replace_block is not None and self.init not in ("random", "random-paper"):
             raise DtlensError(
-                "--replace-block puts a donor block into a random-init DT: use --init random"
+                "--replace-block puts a donor block into a random-init DT: use --init random "
+                "or random-paper"
             )
 
     def _require(self, name: str, ok: bool, rule: str) -> None:
@@ -145,9 +177,10 @@ class TrainConfig:
         return cls(**d)
 
     def differences(self, other: TrainConfig) -> list[str]:
-        """Fields that differ, except those a continued run may change: epochs, device."""
+        """Fields that differ, except those a continued run may change: epochs, where it runs
+        and which checkpoints it keeps."""
         a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if k not in ("epochs", "device") and a[k] != b[k]]
+        return [k for k in a if k not in CONTINUABLE and a[k] != b[k]]
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

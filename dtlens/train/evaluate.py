@@ -77,7 +77,7 @@ def evaluate(
             actions[live, lo : t + 1],
             rtg[live, lo : t + 1],
             timesteps[lo : t + 1].expand(len(live), -1),
-        )[:, -1]
+        )[:, -1].float()  # float32 also under bf16 autocast
         actions[live, t] = pred
         for j, i in enumerate(live):
             o, r, term, trunc, _ = envs[i].step(pred[j].cpu().numpy())

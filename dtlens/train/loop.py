@@ -30,7 +30,7 @@ from dtlens.data.windows import WindowSampler, probe_batch, save_batch
 from dtlens.errors import DtlensError
 from dtlens.io import load_tensors, save_json, save_netcdf, save_tensors
 from dtlens.locks import folder_lock
-from dtlens.model.backbones import backbone_config, random_backbone, read_header
+from dtlens.model.backbones import backbone_config, read_header
 from dtlens.model.checkpoint import load_model, save_model
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
@@ -38,7 +38,8 @@ from dtlens.model.inits import resolve_backbone
 from dtlens.model.surgery import replace_block
 from dtlens.train.config import TrainConfig
 from dtlens.train.evaluate import evaluate
-from dtlens.train.run import Run
+from dtlens.train.precision import apply_determinism, apply_precision, autocast
+from dtlens.train.run import CHECKPOINT, Run
 
 
 @dataclass
@@ -50,23 +51,25 @@ class StepLog:
 
 
 def build_model(cfg: TrainConfig, state_dim: int, act_dim: int) -> DecisionTransformer:
-    """The DT at epoch 0: `init`'s backbone, or a random one with block `replace_block` donated."""
+    """The DT at epoch 0: `init`'s backbone, with block `replace_block` donated by `donor` (a
+    donor block of another kind makes a mixed backbone)."""
+    backbone = resolve_backbone(
+        cfg.init, size=cfg.size, seed=cfg.seed, imagegpt_norm=cfg.imagegpt_norm
+    )
     if cfg.replace_block is not None:
         donor = resolve_backbone(cfg.donor, size=cfg.size, imagegpt_norm=cfg.imagegpt_norm)
-        backbone = random_backbone(cfg.size, seed=cfg.seed)
         replace_block(backbone, donor, cfg.replace_block)
-    else:
-        backbone = resolve_backbone(
-            cfg.init, size=cfg.size, seed=cfg.seed, imagegpt_norm=cfg.imagegpt_norm
-        )
     dt_cfg = DTConfig(
         state_dim=state_dim,
         act_dim=act_dim,
-        backbone=backbone_config(backbone.cfg),
+        backbone=backbone_config(backbone),
         max_ep_len=cfg.max_ep_len,
         resid_dropout=cfg.resid_dropout,
         attn_dropout=cfg.attn_dropout,
         embed_dropout=cfg.embed_dropout,
+        padding=cfg.padding,
+        time_embed=cfg.time_embed,
+        tie_action_head=cfg.tie_action_head,
     )
     return DecisionTransformer(dt_cfg, backbone=backbone, seed=cfg.seed)
 
@@ -85,6 +88,28 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
+def train_step(
+    model: DecisionTransformer,
+    optimizer: torch.optim.Optimizer,
+    batch,
+    cfg: TrainConfig,
+    lr: float,
+    device: str,
+) -> tuple[float, float]:
+    """One update at learning rate `lr` in `cfg.precision`, the gradient norm clipped to
+    `cfg.grad_clip`; returns the loss and the gradient norm before clipping."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device, cfg.precision):
+        loss = action_loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    optimizer.step()
+    return loss.item(), norm
+
+
 def check_device(device: str) -> str:
     """The torch device `device` (cpu, cuda, cuda:N, mps, auto) names here, or DtlensError if
     this machine has no such device. `auto` picks cuda, then mps, then cpu."""
@@ -94,13 +119,30 @@ def check_device(device: str) -> str:
         return "mps" if torch.backends.mps.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DtlensError(f"--device {device}: CUDA is not available here")
+            raise DtlensError(
+                f"--device {device}: CUDA is not available here: {cuda_missing_reason()}"
+            )
         index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
             raise DtlensError(f"--device {device}: this machine has {count} CUDA device(s)")
     if device == "mps" and not torch.backends.mps.is_available():
         raise DtlensError(f"--device {device}: MPS is not available here")
     return device
+
+
+def cuda_missing_reason() -> str:
+    """Why this process sees no CUDA device, in one line."""
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is built without CUDA; install a CUDA build "
+            "(https://pytorch.org/get-started/locally/) or use --device cpu"
+        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hidden = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU{hidden}: "
+        "check the NVIDIA driver (nvidia-smi) or use --device cpu"
+    )
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Run:
@@ -113,6 +155,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     """
     out = Path(out)
     device = check_device(cfg.device)
+    apply_precision(cfg.precision)
+    apply_determinism(cfg.deterministic)
     dataset = load_dataset(cfg.dataset, env_id=cfg.env_id)
     if dataset.env_id is None:
         raise DtlensError(f"{cfg.dataset}: the dataset does not name its environment (pass env_id)")
@@ -177,22 +221,15 @@ def _train(
             t0 = time.perf_counter()
             log = StepLog([], [], [], [])
             for _ in range(cfg.steps_per_epoch):
-                step = len(steps.loss) + len(log.loss)
-                lr = learning_rate(cfg, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                lr = learning_rate(cfg, len(steps.loss) + len(log.loss))
                 batch = sampler.sample(cfg.batch_size, rng).to(device)
-                loss = action_loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, norm = train_step(model, optimizer, batch, cfg, lr, device)
                 max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                optimizer.step()
-                log.loss.append(loss.item())
+                log.loss.append(loss)
                 log.lr.append(lr)
                 log.grad_norm.append(norm)
                 log.clip_coef.append(min(1.0, max_norm / (norm + 1e-6)))
-                bar.update(task, advance=1, info=f"epoch {epoch} loss {loss.item():.4f}")
+                bar.update(task, advance=1, info=f"epoch {epoch} loss {loss:.4f}")
             for k in ("loss", "lr", "grad_norm", "clip_coef"):
                 getattr(steps, k).extend(getattr(log, k))
             record = {
@@ -200,18 +237,19 @@ def _train(
                 "train_time_s": time.perf_counter() - t0,
             }
             if cfg.eval_episodes > 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                res = evaluate(
-                    model,
-                    dataset.env_id,
-                    sampler.state_mean,
-                    sampler.state_std,
-                    target,
-                    episodes=cfg.eval_episodes,
-                    context_len=cfg.context_len,
-                    rtg_scale=cfg.rtg_scale,
-                    max_steps=cfg.eval_max_steps,
-                    seed=cfg.seed,
-                )
+                with autocast(device, cfg.precision):
+                    res = evaluate(
+                        model,
+                        dataset.env_id,
+                        sampler.state_mean,
+                        sampler.state_std,
+                        target,
+                        episodes=cfg.eval_episodes,
+                        context_len=cfg.context_len,
+                        rtg_scale=cfg.rtg_scale,
+                        max_steps=cfg.eval_max_steps,
+                        seed=cfg.seed,
+                    )
                 record |= {
                     "return_mean": res.return_mean,
                     "return_std": res.return_std,
@@ -246,6 +284,8 @@ def _check_resume(cfg: TrainConfig, out: Path, dataset: OfflineDataset) -> tuple
     if not (out / "config.json").is_file():
         raise DtlensError(f"{out}: nothing to resume (no config.json); train it without --resume")
     run = Run(out)
+    if "imported" in run.config:
+        raise DtlensError(f"{out}: an imported run (dtlens import-hf) has no training to resume")
     saved = TrainConfig.from_dict(run.config["train"])
     if diff := saved.differences(cfg):
         raise DtlensError(f"{out}: --resume on a run of another config (differs in {diff})")
@@ -266,21 +306,32 @@ def _check_resume(cfg: TrainConfig, out: Path, dataset: OfflineDataset) -> tuple
 def _create_folder(cfg: TrainConfig, work: Path, dataset: OfflineDataset) -> DecisionTransformer:
     """Write config, probe batch and the epoch-0 checkpoint into `work`; returns the model."""
     model = build_model(cfg, dataset.obs_dim, dataset.act_dim)
-    mean, std = dataset.state_mean, dataset.state_std
-    config = {
+    save_probe(cfg, dataset, work / "probe.safetensors")
+    checkpoint = save_model(model, work / "checkpoints" / "epoch-0000.safetensors", epoch=0)
+    save_json(run_config(cfg, model.cfg, dataset), work / "config.json")
+    return load_model(checkpoint)
+
+
+def run_config(cfg: TrainConfig, model_cfg: DTConfig, dataset: OfflineDataset) -> dict:
+    """A run's config.json: the train and model configs, the dataset and its normalisation."""
+    return {
         "dtlens_version": dtlens.__version__,
         "train": cfg.to_dict(),
-        "model": model.cfg.to_dict(),
+        "model": model_cfg.to_dict(),
         "data": {
             "dataset": cfg.dataset,
             "name": dataset.name,
             "env_id": dataset.env_id,
-            "state_mean": mean.tolist(),
-            "state_std": std.tolist(),
+            "state_mean": dataset.state_mean.tolist(),
+            "state_std": dataset.state_std.tolist(),
             "episodes": dataset.num_episodes,
             "transitions": len(dataset),
         },
     }
+
+
+def save_probe(cfg: TrainConfig, dataset: OfflineDataset, path: Path) -> None:
+    """The probe batch every diagnostic uses, drawn from `dataset` as `cfg` says."""
     probe = probe_batch(
         dataset,
         n=cfg.probe_size,
@@ -289,10 +340,7 @@ def _create_folder(cfg: TrainConfig, work: Path, dataset: OfflineDataset) -> Dec
         rtg_scale=cfg.rtg_scale,
         max_ep_len=cfg.max_ep_len,
     )
-    save_batch(probe, work / "probe.safetensors")
-    checkpoint = save_model(model, work / "checkpoints" / "epoch-0000.safetensors", epoch=0)
-    save_json(config, work / "config.json")
-    return load_model(checkpoint)
+    save_batch(probe, path)
 
 
 def _last_complete_epoch(run: Run) -> int:
@@ -326,6 +374,21 @@ def _save_epoch(
         "meta": {"epoch": epoch, "rng": rng.bit_generator.state, "param_groups": groups},
     }
     save_tensors(tensors, out / "state.safetensors", metadata={"dtlens": json.dumps(header)})
+    prune_checkpoints(out, cfg.keep_epochs, latest=epoch)
+
+
+def prune_checkpoints(out: Path, keep: tuple[int, ...] | None, latest: int) -> list[int]:
+    """Remove the epoch checkpoints `keep` does not list, except `latest` (a resume reads it,
+    with the state file that names it); `keep=None` keeps all. Returns the removed epochs."""
+    if keep is None:
+        return []
+    removed = []
+    for path in (out / "checkpoints").glob("epoch-*.safetensors"):
+        m = CHECKPOINT.search(path.name)
+        if m and (epoch := int(m.group(1))) != latest and epoch not in keep:
+            path.unlink()
+            removed.append(epoch)
+    return sorted(removed)
 
 
 def _load_state(out: Path, model, optimizer, epoch: int) -> np.random.Generator:

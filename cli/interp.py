@@ -1,0 +1,105 @@
+"""`dtlens attribute|patch|action-lens|probe|attention-view RUN`: the mechanistic tools of
+`dtlens.interp` on a run's checkpoint and probe windows.
+
+Each writes RUN/diagnostics/NAME.nc and RUN/figures/NAME.png (the viewer:
+RUN/figures/attention-view.html).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import console, flag, user_errors
+from cli.main import app
+from cli.render import run_diagnostic
+
+EPOCH = typer.Option(-1, help="Checkpoint epoch (-1 = last).")
+SAMPLES = typer.Option(None, help="Probe windows (default: the run's probe size).")
+
+
+@app.command("attribute")
+@user_errors
+def attribute_cmd(
+    run: Path = typer.Argument(..., help="Run folder."), epoch: int = EPOCH, samples: int = SAMPLES
+) -> None:
+    """Direct action attribution: each head, MLP and embedding's share of the pre-tanh action."""
+    from dtlens.interp.attribution import DIAGNOSTIC
+    from dtlens.train.run import Run
+
+    run_diagnostic(DIAGNOSTIC, Run(run), epoch=epoch, samples=samples)
+
+
+@app.command("patch")
+@user_errors
+def patch_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    donor: Path = typer.Option(
+        None, help="A run folder or checkpoint whose activations are patched into RUN."
+    ),
+    hooks: str = typer.Option("attn_out,mlp_out,z", help="Hooks to patch (short or full names)."),
+    positions: bool = flag(False, "--positions", help="Patch every token position separately."),
+    epoch: int = EPOCH,
+    samples: int = SAMPLES,
+    seed: int = typer.Option(0, help="Seed of the corruption (which window's state)."),
+) -> None:
+    """Activation patching. Without --donor: clean windows into ones whose last state comes
+    from another window; with --donor: the donor's activations on the same windows."""
+    from dtlens.interp.patching import DIAGNOSTIC
+    from dtlens.train.run import Run
+
+    run_diagnostic(
+        DIAGNOSTIC,
+        Run(run),
+        stem=f"patching-from-{donor.stem}" if donor else None,
+        donor=donor,
+        epoch=epoch,
+        samples=samples,
+        hooks=[h.strip() for h in hooks.split(",") if h.strip()],
+        positions=positions,
+        seed=seed,
+    )
+
+
+@app.command("action-lens")
+@user_errors
+def action_lens_cmd(
+    run: Path = typer.Argument(..., help="Run folder."), epoch: int = EPOCH, samples: int = SAMPLES
+) -> None:
+    """The action head read off the residual stream after every block, and its error."""
+    from dtlens.interp.lens import DIAGNOSTIC
+    from dtlens.train.run import Run
+
+    run_diagnostic(DIAGNOSTIC, Run(run), epoch=epoch, samples=samples)
+
+
+@app.command("probe")
+@user_errors
+def probe_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    epoch: int = EPOCH,
+    samples: int = SAMPLES,
+    alpha: float = typer.Option(1.0, help="Ridge penalty."),
+    seed: int = typer.Option(0, help="Seed of the train/test split and the shuffle."),
+) -> None:
+    """Linear probes (held-out R^2) for state, return-to-go and timestep per layer and token."""
+    from dtlens.interp.probe import DIAGNOSTIC
+    from dtlens.train.run import Run
+
+    run_diagnostic(DIAGNOSTIC, Run(run), epoch=epoch, samples=samples, alpha=alpha, seed=seed)
+
+
+@app.command("attention-view")
+@user_errors
+def attention_view_cmd(
+    run: Path = typer.Argument(..., help="Run folder."),
+    epoch: int = EPOCH,
+    windows: int = typer.Option(4, help="Probe windows shown."),
+) -> None:
+    """A self-contained HTML page of every head's attention pattern, tokens labelled."""
+    from dtlens.interp.viewer import write_run_view
+    from dtlens.train.run import Run
+
+    path = write_run_view(Run(run), epoch=epoch, windows=windows)
+    console.print(f"wrote {path}", highlight=False)

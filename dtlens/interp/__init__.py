@@ -1,0 +1,26 @@
+"""Mechanistic tools for Decision Transformers: which components carry an action.
+
+- `action_attribution(model, batch)`: each head's, MLP's and embedding's direct contribution to
+  the pre-tanh action at the last timestep (sums exactly to it);
+- `activation_patching(model, clean, corrupted, hooks, positions=None, donor=None)`: how much of
+  the clean-corrupted action gap one activation carries, also across models;
+- `action_lens(model, batch)`: the action head read off every layer's residual stream;
+- `linear_probe(activations, target)`: held-out ridge R^2 per layer and token type, with a
+  shuffled-target control;
+- `attention_view(model, batch, path)`: a self-contained HTML page of every head's pattern.
+
+`dtlens.interp.registry.INTERP` lists the run and study analyses built on them (the Diagnostic
+contract), which `dtlens reproduce` and the report iterate.
+"""
+
+from dtlens.lazy import lazy_exports
+
+_EXPORTS = {
+    "action_attribution": "dtlens.interp.attribution",
+    "activation_patching": "dtlens.interp.patching",
+    "action_lens": "dtlens.interp.lens",
+    "linear_probe": "dtlens.interp.probe",
+    "attention_view": "dtlens.interp.viewer",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

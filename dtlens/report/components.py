@@ -1,0 +1,120 @@
+"""The report's "Which components carry the difference" section: the interp analyses
+(`dtlens.interp.registry.INTERP`) of the language- and random-init K=20 runs, over seeds.
+
+These comparisons are not the paper's claims, so they are read two-sided, with this rule:
+`dtlens.stats.compare(language, random, expect="greater")` gives the difference of means and its
+two-sided 95% Welch interval; the section says **language > random** when the interval lies
+above 0, **language < random** when it lies below, and **no difference shown** otherwise (or with
+fewer than 2 seeds a side); its p is two-sided, 2 min(p, 1 - p).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dtlens.diagnostics.contract import Diagnostic
+from dtlens.interp.registry import INTERP, ROLES
+from dtlens.interp.viewer import VIEW_NAME
+from dtlens.report.document import Doc
+from dtlens.stats import Comparison
+
+TITLE = "Which components carry the difference"
+
+
+def direction(c: Comparison, a: str, b: str) -> str:
+    """The two-sided reading of a comparison made with expect="greater"."""
+    return {"holds": f"{a} > {b}", "contradicted": f"{a} < {b}"}.get(
+        c.verdict, "no difference shown"
+    )
+
+
+def two_sided_p(c: Comparison) -> float:
+    return min(1.0, 2 * min(c.p, 1 - c.p)) if np.isfinite(c.p) else float("nan")
+
+
+def _values(study: Any, diag: Diagnostic) -> dict[str, np.ndarray]:
+    f = diag.finding
+    if diag.scope == "study":
+        ds = diag.load(study.folder)
+        return {} if ds is None else {who: np.asarray(f.per_seed(ds, who)) for who in ROLES}
+    values = {}
+    for who in ROLES:
+        results = [
+            diag.load(r) if r else None
+            for r in (study.run_dir("main", who, seed) for seed in study.seeds)
+        ]
+        values[who] = np.asarray(
+            [np.nan if ds is None else f.value(ds) for ds in results], dtype=float
+        )
+    return values
+
+
+def _mean(v: np.ndarray) -> float:
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def components_section(doc: Doc, study: Any) -> list[list[str]]:
+    """The section for one dataset's `study` (a `dtlens.report.report.Study`); returns its rows
+    of the report's summary table."""
+    doc.h(TITLE, 3)
+    doc.p(
+        "Beyond the paper: `dtlens.interp` on the K=20 runs of the language and random inits, "
+        "every seed. These are not the paper's claims, so each comparison is two-sided: "
+        "**language > random** when the 95% Welch interval of the difference of means lies "
+        "above 0, **language < random** when it lies below, **no difference shown** otherwise."
+    )
+    first = study.seeds[0]
+    views = [
+        f"[{who}, seed {first}]({(run / 'figures' / VIEW_NAME).relative_to(study.root).as_posix()})"
+        for who in ROLES
+        if (run := study.run_dir("main", who, first)) and (run / "figures" / VIEW_NAME).is_file()
+    ]
+    if views:
+        doc.p("Attention viewers (every head on probe windows): " + ", ".join(views) + ".")
+    rows = []
+    for diag in INTERP.values():
+        f = diag.finding
+        doc.h(diag.title, 4)
+        doc.p(f"*Question:* {f.claim}")
+        if diag.scope == "study":
+            doc.figure(diag.png_path(study.folder), diag.title, study.root)
+        else:
+            for who in ROLES:
+                run = study.run_dir("main", who, first)
+                if run is not None:
+                    doc.figure(
+                        diag.png_path(run), f"{diag.name}, {who} init, seed {first}", study.root
+                    )
+        values = _values(study, diag)
+        c = f.compare(values.get(f.a, []), values.get(f.b, []))
+        seen = direction(c, f.a, f.b)
+        doc.table(
+            ["donor" if diag.scope == "study" else "init"]
+            + [f"seed {seed}" for seed in study.seeds]
+            + ["mean"],
+            [[who, *map(float, v), _mean(v)] for who, v in values.items()],
+        )
+        interval = (
+            f"{c.effect:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}]" if np.isfinite(c.ci[0]) else "n/a"
+        )
+        p = f"{two_sided_p(c):.2g}" if np.isfinite(c.p) else "n/a"
+        doc.p(
+            f"Statistic: {f.statistic}. {f.a} - {f.b}: {interval}, two-sided p {p}, "
+            f"{c.n_a} vs {c.n_b} seeds → **{seen}**."
+        )
+        means = ", ".join(
+            f"{who} {_mean(v):.3g}" for who, v in values.items() if np.isfinite(v).any()
+        )
+        rows.append(
+            [
+                diag.title,
+                "(not in the paper; two-sided)",
+                means,
+                interval,
+                p,
+                f"**{seen}**",
+            ]
+        )
+    return rows

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, parse_int_list, user_errors
+from cli.common import DEVICE, console, parse_int_list, user_errors
 from cli.main import app
 
 
@@ -28,13 +28,14 @@ def capture_cmd(
     out: Path = typer.Option(None, help="Folder for epoch-NNNN.nc (default RUN/captures)."),
     chunk: int = typer.Option(256, help="Samples per chunk written to disk."),
     batch_size: int = typer.Option(256, help="Samples per forward pass."),
+    device: str = DEVICE,
 ) -> None:
     """Capture hooks of each epoch's checkpoint to RUN/captures/epoch-NNNN.nc."""
     from dtlens.capture import capture_run
     from dtlens.train.run import Run
 
     paths = capture_run(
-        Run(run),
+        Run(run, device),
         parse_int_list(epochs) if epochs else None,
         [h.strip() for h in hooks.split(",") if h.strip()],
         samples=samples,

@@ -16,6 +16,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+#: `--device` of the commands that load a run's checkpoints (`dtlens.train.run.Run`).
+DEVICE = typer.Option(
+    "cpu", help="Where checkpoints load and the analysis runs: cpu, cuda, cuda:N, mps or auto."
+)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a DtlensError raised by `fn` into `error: <message>`, an OSError (permissions, disk
     full, ...) into `error: <path>: <strerror>`, and exit 1."""

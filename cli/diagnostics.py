@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import flag, parse_int_list, user_errors
+from cli.common import DEVICE, flag, parse_int_list, user_errors
 from cli.main import app
 from cli.render import run_diagnostic
 
@@ -31,14 +31,15 @@ def cka_cmd(
         "--paper-variant",
         help="Also the released code's [:, :, idx] indexing, and its 8 sites per block.",
     ),
+    device: str = DEVICE,
 ) -> None:
     """Layer x layer CKA (epoch 0 vs last by default); prints layer i vs layer i.
 
     Writes RUN/diagnostics/cka.nc and RUN/figures/cka.png (cka-vs-RUN_B.* for two runs)."""
     from dtlens.train.run import Run
 
-    a = Run(run)
-    b = a if run_b is None else Run(run_b)
+    a = Run(run, device)
+    b = a if run_b is None else Run(run_b, device)
     two = b.path.resolve() != a.path.resolve()
     run_diagnostic(
         "cka",
@@ -58,10 +59,11 @@ def cka_cmd(
 def weight_change_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     epochs: str = typer.Option("0,-1", help="Two epochs, before and after (-1 = last)."),
+    device: str = DEVICE,
 ) -> None:
     """Per-tensor L2 distance, relative change and cosine between two epochs' weights.
 
     Writes RUN/diagnostics/weights.nc and RUN/figures/weights.png."""
     from dtlens.train.run import Run
 
-    run_diagnostic("weights", Run(run), epochs=parse_int_list(epochs))
+    run_diagnostic("weights", Run(run, device), epochs=parse_int_list(epochs))

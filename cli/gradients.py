@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import flag, user_errors
+from cli.common import DEVICE, flag, user_errors
 from cli.main import app
 from cli.render import run_diagnostic
 
@@ -34,13 +34,14 @@ def gradients_cmd(
         "--paper-variant",
         help="Also the released code's norm, confusion and share (block tensors only).",
     ),
+    device: str = DEVICE,
 ) -> None:
     """Per-sample gradient norms before/after clipping, top tensors, gradient confusion."""
     from dtlens.train.run import Run
 
     run_diagnostic(
         "gradients",
-        Run(run),
+        Run(run, device),
         epoch=epoch,
         samples=samples,
         confusion_samples=confusion_samples,

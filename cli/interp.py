@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, flag, user_errors
+from cli.common import DEVICE, console, flag, user_errors
 from cli.main import app
 from cli.render import run_diagnostic
 
@@ -22,13 +22,16 @@ SAMPLES = typer.Option(None, help="Probe windows (default: the run's probe size)
 @app.command("attribute")
 @user_errors
 def attribute_cmd(
-    run: Path = typer.Argument(..., help="Run folder."), epoch: int = EPOCH, samples: int = SAMPLES
+    run: Path = typer.Argument(..., help="Run folder."),
+    epoch: int = EPOCH,
+    samples: int = SAMPLES,
+    device: str = DEVICE,
 ) -> None:
     """Direct action attribution: each head, MLP and embedding's share of the pre-tanh action."""
     from dtlens.interp.attribution import DIAGNOSTIC
     from dtlens.train.run import Run
 
-    run_diagnostic(DIAGNOSTIC, Run(run), epoch=epoch, samples=samples)
+    run_diagnostic(DIAGNOSTIC, Run(run, device), epoch=epoch, samples=samples)
 
 
 @app.command("patch")
@@ -43,6 +46,7 @@ def patch_cmd(
     epoch: int = EPOCH,
     samples: int = SAMPLES,
     seed: int = typer.Option(0, help="Seed of the corruption (which window's state)."),
+    device: str = DEVICE,
 ) -> None:
     """Activation patching. Without --donor: clean windows into ones whose last state comes
     from another window; with --donor: the donor's activations on the same windows."""
@@ -51,7 +55,7 @@ def patch_cmd(
 
     run_diagnostic(
         DIAGNOSTIC,
-        Run(run),
+        Run(run, device),
         stem=f"patching-from-{donor.stem}" if donor else None,
         donor=donor,
         epoch=epoch,
@@ -65,13 +69,16 @@ def patch_cmd(
 @app.command("action-lens")
 @user_errors
 def action_lens_cmd(
-    run: Path = typer.Argument(..., help="Run folder."), epoch: int = EPOCH, samples: int = SAMPLES
+    run: Path = typer.Argument(..., help="Run folder."),
+    epoch: int = EPOCH,
+    samples: int = SAMPLES,
+    device: str = DEVICE,
 ) -> None:
     """The action head read off the residual stream after every block, and its error."""
     from dtlens.interp.lens import DIAGNOSTIC
     from dtlens.train.run import Run
 
-    run_diagnostic(DIAGNOSTIC, Run(run), epoch=epoch, samples=samples)
+    run_diagnostic(DIAGNOSTIC, Run(run, device), epoch=epoch, samples=samples)
 
 
 @app.command("probe")
@@ -82,12 +89,15 @@ def probe_cmd(
     samples: int = SAMPLES,
     alpha: float = typer.Option(1.0, help="Ridge penalty."),
     seed: int = typer.Option(0, help="Seed of the train/test split and the shuffle."),
+    device: str = DEVICE,
 ) -> None:
     """Linear probes (held-out R^2) for state, return-to-go and timestep per layer and token."""
     from dtlens.interp.probe import DIAGNOSTIC
     from dtlens.train.run import Run
 
-    run_diagnostic(DIAGNOSTIC, Run(run), epoch=epoch, samples=samples, alpha=alpha, seed=seed)
+    run_diagnostic(
+        DIAGNOSTIC, Run(run, device), epoch=epoch, samples=samples, alpha=alpha, seed=seed
+    )
 
 
 @app.command("attention-view")
@@ -96,10 +106,11 @@ def attention_view_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     epoch: int = EPOCH,
     windows: int = typer.Option(4, help="Probe windows shown."),
+    device: str = DEVICE,
 ) -> None:
     """A self-contained HTML page of every head's attention pattern, tokens labelled."""
     from dtlens.interp.viewer import write_run_view
     from dtlens.train.run import Run
 
-    path = write_run_view(Run(run), epoch=epoch, windows=windows)
+    path = write_run_view(Run(run, device), epoch=epoch, windows=windows)
     console.print(f"wrote {path}", highlight=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import flag, parse_int_list, user_errors
+from cli.common import DEVICE, flag, parse_int_list, user_errors
 from cli.main import app
 from cli.render import run_diagnostic
 
@@ -38,13 +38,14 @@ def mutual_info_cmd(
         "--paper-variant",
         help="Also the released code's sites: MLP branch output, every context position.",
     ),
+    device: str = DEVICE,
 ) -> None:
     """Mutual information between inputs/target and block outputs at the last timestep."""
     from dtlens.train.run import Run
 
     run_diagnostic(
         "mutual_info",
-        Run(run),
+        Run(run, device),
         epoch=epoch,
         blocks=None if blocks is None else parse_int_list(blocks),
         method=method,

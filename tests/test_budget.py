@@ -19,9 +19,9 @@ from dtlens.experiments.dry_run import FLOAT32, PlannedRun, StepTime
 from dtlens.experiments.reproduce import plan
 from dtlens.experiments.runs import Cluster, RunSpec, choose_cluster, local_cuda_cluster
 from dtlens.model.config import PAPER_RANDOM
-from dtlens.train import loop
 from dtlens.train.config import TrainConfig
-from dtlens.train.loop import check_device, prune_checkpoints, train
+from dtlens.train.device import check_device, cuda_missing_reason
+from dtlens.train.loop import prune_checkpoints, train
 from dtlens.train.precision import apply_determinism, autocast, autocast_dtype
 from dtlens.train.run import Run
 from tests.conftest import tiny_train_config
@@ -236,6 +236,47 @@ def test_cluster_choice(device, workers, scheduler, gpus, expected):
     assert choose_cluster(device, workers, scheduler, gpus) == expected
 
 
+RUN_COMMANDS = [
+    ["capture"],
+    ["cka"],
+    ["weight-change"],
+    ["gradients", "--samples", "2", "--confusion-samples", "2"],
+    ["mutual-info", "--seeds", "1", "--null-shuffles", "0"],
+    ["attention-distance", "--context", "4"],
+    ["attribute"],
+    ["patch"],
+    ["action-lens"],
+    ["probe"],
+    ["attention-view"],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(hopper_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("device") / "run"
+    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=lambda c: c[0])
+def test_every_run_command_takes_a_device(tiny_run, command, monkeypatch):
+    """--device cpu computes; --device cuda where CUDA is missing is one line, exit 1, and
+    nothing is written."""
+    before = sorted(p.relative_to(tiny_run.path) for p in tiny_run.path.rglob("*"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    missing = runner.invoke(app, [command[0], str(tiny_run.path), *command[1:], "--device", "cuda"])
+    assert missing.exit_code == 1
+    assert missing.output.startswith("error: --device cuda: CUDA is not available here")
+    assert len(missing.output.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tiny_run.path) for p in tiny_run.path.rglob("*")) == before
+    ok = runner.invoke(app, [command[0], str(tiny_run.path), *command[1:], "--device", "cpu"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_run_loads_checkpoints_on_its_device(tiny_run):
+    assert Run(tiny_run.path).load_model(-1).device == torch.device("cpu")
+    assert Run(tiny_run.path, "auto").device == check_device("auto")
+
+
 def test_missing_dask_cuda_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails
     with pytest.raises(DtlensError, match=r"dask-cuda: pip install 'dtlens\[gpu\]'"):
@@ -251,7 +292,7 @@ def test_missing_cuda_says_why(monkeypatch):
         check_device("cuda")
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert "finds no GPU (CUDA_VISIBLE_DEVICES='')" in loop.cuda_missing_reason()
+    assert "finds no GPU (CUDA_VISIBLE_DEVICES='')" in cuda_missing_reason()
     with pytest.raises(DtlensError, match="--device cuda"):
         presets.get("mini", device="cuda")
 

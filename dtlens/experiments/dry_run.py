@@ -28,7 +28,8 @@ from dtlens.model.config import BackboneConfig, DTConfig
 from dtlens.model.dt import DecisionTransformer
 from dtlens.model.inits import resolve_backbone
 from dtlens.train.config import TrainConfig
-from dtlens.train.loop import check_device, train_step
+from dtlens.train.device import check_device
+from dtlens.train.loop import train_step
 from dtlens.train.precision import autocast
 
 TIMED_STEPS = 2  # after one untimed warm-up step

@@ -11,7 +11,7 @@ from pathlib import Path
 from dtlens.errors import DtlensError
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
-from dtlens.train.loop import check_device
+from dtlens.train.device import check_device
 
 #: The mini budget (see `mini`): epochs x steps per epoch at batch 64, evaluated every N epochs.
 MINI_EPOCHS, MINI_STEPS, MINI_EVAL_EVERY = 5, 30, 5

@@ -219,7 +219,7 @@ def _log_outcome(log: Log) -> Callable[[RunOutcome], None]:
 def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None:
     """Every registered diagnostic of one dataset's runs, every seed; a diagnostic that fails is
     logged, not fatal."""
-    runs = root / "runs"
+    runs, device = root / "runs", preset.train.device
 
     def step(what: str, fn: Callable[[], object]) -> None:
         t0 = time.perf_counter()
@@ -230,9 +230,9 @@ def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None
             log(f"  {what} FAILED: {e}")
 
     by_role = {
-        "main": {k: Run(runs / s.name) for k, s in p.main.items() if s.name in ok},
+        "main": {k: Run(runs / s.name, device) for k, s in p.main.items() if s.name in ok},
         "k1": {
-            (who, seed): Run(runs / s.name)
+            (who, seed): Run(runs / s.name, device)
             for (who, k, seed), s in p.no_context.items()
             if k == 1 and s.name in ok
         },

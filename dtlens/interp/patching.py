@@ -197,12 +197,12 @@ def corrupt_last_state(batch: Batch, seed: int = 0) -> Batch:
     return Batch(states, batch.actions, batch.returns_to_go, batch.timesteps, batch.attention_mask)
 
 
-def load_donor(source: str | Path) -> DecisionTransformer:
-    """A donor model: a run folder (its last checkpoint) or a dtlens checkpoint file."""
+def load_donor(source: str | Path, device: str = "cpu") -> DecisionTransformer:
+    """A donor model on `device`: a run folder (its last checkpoint) or a dtlens checkpoint."""
     path = Path(source)
     if path.is_dir():
-        return Run(path).load_model(-1)
-    return load_model(path).eval()
+        return Run(path, device).load_model(-1)
+    return load_model(path).to(device).eval()
 
 
 def site_label(hook: str, layer: int, head: int, position: int) -> str:
@@ -236,7 +236,8 @@ def compute_patching(
         ds = activation_patching(model, batch, corrupt_last_state(batch, seed), hooks, at)
         setup = {"corrupted": f"last state from another window (seed {seed})", "donor": ""}
     else:
-        ds = activation_patching(model, batch, batch, hooks, at, donor=load_donor(donor))
+        donor_model = load_donor(donor, run.device)
+        ds = activation_patching(model, batch, batch, hooks, at, donor=donor_model)
         setup = {"corrupted": "none (same windows)", "donor": str(donor)}
     return ds.assign_attrs(setup | run_attrs(run, epoch))
 

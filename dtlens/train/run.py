@@ -27,17 +27,20 @@ from dtlens.model.checkpoint import load_model
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
 from dtlens.train.config import TrainConfig
+from dtlens.train.device import check_device
 
 CHECKPOINT = re.compile(r"epoch-(\d{4,})\.safetensors$")
 
 
 class Run:
-    """Read access to a run folder."""
+    """Read access to a run folder; its checkpoints load onto `device` (cpu, cuda, cuda:N, mps,
+    auto), where the diagnostics then compute."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: str = "cpu"):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise DtlensError(f"{self.path}: not a dtlens run (no config.json)")
+        self.device = check_device(device)
 
     @cached_property
     def config(self) -> dict:
@@ -83,9 +86,10 @@ class Run:
         return resolved
 
     def load_model(self, epoch: int) -> DecisionTransformer:
-        """The checkpoint of `epoch` (-1: the last), in eval mode."""
+        """The checkpoint of `epoch` (-1: the last), in eval mode, on the run's device."""
         (epoch,) = self.resolve_epochs([epoch])
-        return load_model(self.checkpoint_path(epoch), expected=self.dt_config).eval()
+        model = load_model(self.checkpoint_path(epoch), expected=self.dt_config)
+        return model.to(self.device).eval()
 
     def probe_batch(self) -> Batch:
         path = self.path / "probe.safetensors"

@@ -9,6 +9,10 @@ p-value in the expected direction, and a verdict:
 - "contradicted": it excludes 0 on the other side;
 - "undetermined": it contains 0, or either side has fewer than 2 values (interval and p NaN).
 
+`expect="two-sided"` asks only whether a and b differ (a question, not a claim with a side): the
+verdict is "holds" when the interval excludes 0 on either side (the sign of `effect` says which),
+"undetermined" otherwise, never "contradicted"; p is two-sided.
+
 Why Welch t and not a bootstrap: with 3-5 seeds a percentile bootstrap interval of a mean is far
 too narrow. It spreads like s * sqrt((n - 1) / n) / sqrt(n) and takes normal quantiles where the
 t distribution with few degrees of freedom has much heavier tails: with n = 3 its width is under
@@ -22,7 +26,8 @@ Welch-Satterthwaite interval).
 NaNs are dropped (a seed that diverged): `n_a`, `n_b` count the values used, while `a`, `b` keep
 every value given. Infinite values are refused. When both sides are constant (zero variance) the
 t statistic is undefined; then the interval is the point effect (effect, effect) and p is 0 if the
-effect lies on the expected side, 1 if on the other, and NaN if the means are equal.
+effect lies on the expected side, 1 if on the other (two-sided: 0 either way), and NaN if the
+means are equal.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from scipy import stats
 
 from dtlens.errors import DtlensError
 
-Expect = Literal["less", "greater"]
+Expect = Literal["less", "greater", "two-sided"]
 Verdict = Literal["holds", "contradicted", "undetermined"]
 METHOD = "Welch t"
 
@@ -96,14 +101,16 @@ def _var_of_mean(v: np.ndarray) -> float:
 
 def _verdict(low: float, high: float, expect: Expect) -> Verdict:
     below, above = high < 0, low > 0
+    if expect == "two-sided" and (below or above):
+        return "holds"
     if below or above:
         return "holds" if below == (expect == "less") else "contradicted"
     return "undetermined"
 
 
 def _check(who: str, expect: str, level: float) -> None:
-    if expect not in ("less", "greater"):
-        raise DtlensError(f"{who}: expect must be 'less' or 'greater', got {expect!r}")
+    if expect not in ("less", "greater", "two-sided"):
+        raise DtlensError(f"{who}: expect must be 'less', 'greater' or 'two-sided', got {expect!r}")
     if not 0 < level < 1:
         raise DtlensError(f"{who}: level must be in (0, 1), got {level}")
 
@@ -111,10 +118,14 @@ def _check(who: str, expect: str, level: float) -> None:
 def _t_interval(
     effect: float, se: float, df: float, level: float, expect: Expect
 ) -> tuple[tuple[float, float], float]:
-    """The two-sided t interval of `effect` and its one-sided p in the expected direction."""
+    """The two-sided t interval of `effect` and its p: one-sided in the expected direction, or
+    two-sided."""
     half = float(stats.t.ppf((1 + level) / 2, df)) * se
     t = stats.t(df)
-    p = float(t.cdf(effect / se) if expect == "less" else t.sf(effect / se))
+    if expect == "two-sided":
+        p = float(2 * t.sf(abs(effect) / se))
+    else:
+        p = float(t.cdf(effect / se) if expect == "less" else t.sf(effect / se))
     return (effect - half, effect + half), p
 
 
@@ -132,7 +143,7 @@ def compare(
         if va == vb == 0:  # both sides constant: t is undefined
             effect = float(x[0] - y[0])
             ci = (effect, effect)
-            expected = effect < 0 if expect == "less" else effect > 0
+            expected = {"less": effect < 0, "greater": effect > 0}.get(expect, True)
             p = nan if effect == 0 else 0.0 if expected else 1.0
         else:
             df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))

@@ -28,8 +28,9 @@ from dtlens.interp import (
 )
 from dtlens.interp.lens import half_error_depth
 from dtlens.interp.patching import corrupt_last_state
+from dtlens.interp.registry import INTERP
 from dtlens.model import BackboneConfig
-from dtlens.report.components import direction, two_sided_p
+from dtlens.report.components import direction
 from dtlens.stats import compare
 from dtlens.train.loop import train
 from tests.conftest import dt_inputs, perturb_, tiny_train_config
@@ -332,18 +333,16 @@ def test_attention_view_renders_in_headless_chromium(tmp_path):
 
 def test_two_sided_reading_of_a_comparison():
     high, low = [3.0, 3.1, 3.2], [1.0, 1.1, 1.2]
-    assert (
-        direction(compare(high, low, expect="greater"), "language", "random") == "language > random"
-    )
-    assert (
-        direction(compare(low, high, expect="greater"), "language", "random") == "language < random"
-    )
-    assert (
-        direction(compare(high, [1.0, 5.0, 3.0], expect="greater"), "a", "b")
-        == "no difference shown"
-    )
-    c = compare(low, high, expect="greater")
-    assert two_sided_p(c) == pytest.approx(2 * (1 - c.p)) and two_sided_p(c) < 0.05
+    two = "two-sided"
+    assert direction(compare(high, low, expect=two), "language", "random") == "language > random"
+    assert direction(compare(low, high, expect=two), "language", "random") == "language < random"
+    assert direction(compare(high, [1.0, 5.0, 3.0], expect=two), "a", "b") == "no difference shown"
+    with pytest.raises(ValueError, match="two-sided"):
+        direction(compare(high, low, expect="greater"), "a", "b")
+
+
+def test_interp_findings_are_two_sided_questions():
+    assert {d.finding.expect for d in INTERP.values()} == {"two-sided"}
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,9 @@ def welch(a, b, level=0.95):
         (HIGH, LOW, "less", "contradicted"),
         ([0.1, 0.3, 0.2], [0.15, 0.25, 0.22], "less", "undetermined"),
         ([0.1, 0.3, 0.2], [0.15, 0.25, 0.22], "greater", "undetermined"),
+        (LOW, HIGH, "two-sided", "holds"),
+        (HIGH, LOW, "two-sided", "holds"),
+        ([0.1, 0.3, 0.2], [0.15, 0.25, 0.22], "two-sided", "undetermined"),
     ],
 )
 def test_verdicts_in_both_directions(a, b, expect, verdict):
@@ -45,7 +48,8 @@ def test_verdicts_in_both_directions(a, b, expect, verdict):
     assert c.verdict == verdict
     assert c.effect == pytest.approx(np.mean(a) - np.mean(b))
     assert c.ci[0] < c.effect < c.ci[1]
-    assert (c.p < 0.025) == (verdict == "holds")  # the 95% interval excludes 0 on that side
+    alpha = 0.05 if expect == "two-sided" else 0.025
+    assert (c.p < alpha) == (verdict == "holds")  # the 95% interval excludes 0 (on that side)
 
 
 @pytest.mark.parametrize("a, b", [([0.1], HIGH), (LOW, [0.3]), ([0.1], [0.3])])
@@ -67,11 +71,23 @@ def test_interval_equals_hand_computed_welch():
     assert c.method == "Welch t, 95% two-sided"
 
 
-@pytest.mark.parametrize("expect", ["less", "greater"])
+@pytest.mark.parametrize("expect", ["less", "greater", "two-sided"])
 def test_p_equals_scipy_welch_test(expect):
     a, b = [0.2, 0.25, 0.31, 0.22], [0.28, 0.35, 0.3]
     ref = stats.ttest_ind(a, b, equal_var=False, alternative=expect)
     assert compare(a, b, expect=expect).p == pytest.approx(ref.pvalue, rel=1e-12)
+    assert compare(b, a, expect=expect).p == pytest.approx(
+        stats.ttest_ind(b, a, equal_var=False, alternative=expect).pvalue, rel=1e-12
+    )
+
+
+def test_two_sided_is_never_contradicted():
+    """A difference on either side answers the two-sided question; the sign says which."""
+    for a, b in [(LOW, HIGH), (HIGH, LOW)]:
+        c = compare(a, b, expect="two-sided")
+        assert c.verdict == "holds" and np.sign(c.effect) == np.sign(np.mean(a) - np.mean(b))
+    constant = compare([0.3, 0.3], [0.1, 0.1, 0.1], expect="two-sided")
+    assert (constant.verdict, constant.p) == ("holds", 0.0)
 
 
 def test_nans_are_dropped_and_counted():
@@ -87,7 +103,8 @@ def test_nans_are_dropped_and_counted():
 
 
 @pytest.mark.parametrize(
-    "expect, verdict, p", [("less", "holds", 0.0), ("greater", "contradicted", 1.0)]
+    "expect, verdict, p",
+    [("less", "holds", 0.0), ("greater", "contradicted", 1.0), ("two-sided", "holds", 0.0)],
 )
 def test_zero_variance_on_both_sides(expect, verdict, p):
     c = compare([0.1, 0.1, 0.1], [0.3, 0.3], expect=expect)

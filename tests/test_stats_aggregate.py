@@ -41,7 +41,7 @@ def test_inverted_direction_is_contradicted():
 def test_one_task_is_compare_in_pooled_sd_units():
     a, b = [0.10, 0.12, 0.11, 0.15], [0.30, 0.33, 0.31]
     pooled = math.sqrt((3 * np.var(a, ddof=1) + 2 * np.var(b, ddof=1)) / 5)
-    for expect in ("less", "greater"):
+    for expect in ("less", "greater", "two-sided"):
         one, ref = aggregate({"hopper": (a, b)}, expect), compare(a, b, expect)
         assert one.verdict == ref.verdict and one.p == pytest.approx(ref.p)
         assert np.asarray(one.ci) * pooled == pytest.approx(np.asarray(ref.ci))

@@ -24,9 +24,7 @@ import xarray as xr
 
 from dtlens.errors import DtlensError
 from dtlens.io import save_netcdf
-from dtlens.stats import Comparison, compare
-
-Expect = Literal["less", "greater"]
+from dtlens.stats import Comparison, Expect, compare
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,9 @@ class Finding:
     claim: str  # the paper's words
     short: str  # the claim in a few words, for the summary table
     statistic: str  # what is measured, one line
-    expect: Expect  # statistic(a) is `expect` than statistic(b) when the paper's claim holds
+    #: statistic(a) is `expect` than statistic(b) when the paper's claim holds; "two-sided" for
+    #: a question that is not the paper's claim (do they differ, either way?)
+    expect: Expect
     a: str = "language"
     b: str = "random"
     value: Callable[[xr.Dataset], float] | None = None

@@ -236,7 +236,7 @@ DIAGNOSTIC = Diagnostic(
         ),
         short="attention share of the action",
         statistic="sum |head contributions| / sum |head + MLP contributions| to the action",
-        expect="greater",  # read two-sided in the report (not a claim of the paper)
+        expect="two-sided",  # a question, not a claim of the paper
         value=attention_share,
     ),
 )

@@ -130,7 +130,7 @@ DIAGNOSTIC = Diagnostic(
             "blocks (interpolated) until the action lens's MSE falls half of the way from the "
             "embeddings' to the output's"
         ),
-        expect="greater",  # read two-sided in the report (not a claim of the paper)
+        expect="two-sided",  # a question, not a claim of the paper
         value=half_error_depth,
     ),
 )

@@ -380,7 +380,7 @@ CROSS = Diagnostic(
             "fraction of the donor-recipient action gap recovered by one block output (attention "
             "or MLP) of the donor, mean over block outputs"
         ),
-        expect="greater",  # read two-sided in the report (not a claim of the paper)
+        expect="two-sided",  # a question, not a claim of the paper
         per_seed=donor_recovery,
     ),
 )

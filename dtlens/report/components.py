@@ -1,11 +1,10 @@
 """The report's "Which components carry the difference" section: the interp analyses
 (`dtlens.interp.registry.INTERP`) of the language- and random-init K=20 runs, over seeds.
 
-These comparisons are not the paper's claims, so they are read two-sided, with this rule:
-`dtlens.stats.compare(language, random, expect="greater")` gives the difference of means and its
-two-sided 95% Welch interval; the section says **language > random** when the interval lies
-above 0, **language < random** when it lies below, and **no difference shown** otherwise (or with
-fewer than 2 seeds a side); its p is two-sided, 2 min(p, 1 - p).
+These comparisons are not the paper's claims, so their findings ask `expect="two-sided"`:
+`dtlens.stats.compare` gives the difference of means, its 95% Welch interval and a two-sided p;
+the section says **language > random** when the interval lies above 0, **language < random** when
+it lies below, and **no difference shown** otherwise (or with fewer than 2 seeds a side).
 """
 
 from __future__ import annotations
@@ -24,14 +23,12 @@ TITLE = "Which components carry the difference"
 
 
 def direction(c: Comparison, a: str, b: str) -> str:
-    """The two-sided reading of a comparison made with expect="greater"."""
-    return {"holds": f"{a} > {b}", "contradicted": f"{a} < {b}"}.get(
-        c.verdict, "no difference shown"
-    )
-
-
-def two_sided_p(c: Comparison) -> float:
-    return min(1.0, 2 * min(c.p, 1 - c.p)) if np.isfinite(c.p) else float("nan")
+    """What a two-sided comparison of a with b shows, in words."""
+    if c.expect != "two-sided":
+        raise ValueError(f"direction reads two-sided comparisons, not expect={c.expect!r}")
+    if c.verdict != "holds":
+        return "no difference shown"
+    return f"{a} > {b}" if c.effect > 0 else f"{a} < {b}"
 
 
 def _values(study: Any, diag: Diagnostic) -> dict[str, np.ndarray]:
@@ -99,7 +96,7 @@ def components_section(doc: Doc, study: Any) -> list[list[str]]:
         interval = (
             f"{c.effect:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}]" if np.isfinite(c.ci[0]) else "n/a"
         )
-        p = f"{two_sided_p(c):.2g}" if np.isfinite(c.p) else "n/a"
+        p = f"{c.p:.2g}" if np.isfinite(c.p) else "n/a"
         doc.p(
             f"Statistic: {f.statistic}. {f.a} - {f.b}: {interval}, two-sided p {p}, "
             f"{c.n_a} vs {c.n_b} seeds → **{seen}**."

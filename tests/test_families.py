@@ -217,3 +217,16 @@ def test_moving_a_dt_moves_its_backbones_device(tiny_cfg):
     assert dt.backbone.cfg.device == torch.device("cpu")
     with dt.hooked_path(), torch.no_grad():
         assert dt(*inputs).shape == (3, 4, tiny_cfg.act_dim)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_hf_loads_print_no_progress_bar(kind, tmp_path, capfd):
+    """transformers draws a "Loading weights" bar per load; dtlens's loads draw none and leave
+    the setting as they found it."""
+    from transformers.utils import logging
+
+    write_family(kind, tmp_path / kind)
+    capfd.readouterr()
+    resolve_backbone(str(tmp_path / kind))
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -176,6 +178,21 @@ def load_params(module: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
             p.copy_(tensors[name])
 
 
+@contextmanager
+def quiet_hf() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", one per load) while inside: they would
+    fill `reproduce`'s log; dtlens reports its own progress."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def load_hf_pretrained(name_or_path: str):
     """Load an HF model from a local directory or the HF cache, offline."""
     from transformers import AutoConfig
@@ -197,4 +214,5 @@ def load_hf_pretrained(name_or_path: str):
             f"{name_or_path}: unsupported architecture {config.model_type!r} "
             f"(supported: {sorted(classes)})"
         )
-    return classes[config.model_type].from_pretrained(ref, local_files_only=True)
+    with quiet_hf():
+        return classes[config.model_type].from_pretrained(ref, local_files_only=True)

@@ -54,6 +54,7 @@ from dtlens.model.backbones import (
     backbone_config,
     load_params,
     new_backbone,
+    quiet_hf,
 )
 
 #: HF model_type -> (causal LM class, TransformerLens weight converter).
@@ -170,7 +171,8 @@ def load_decoder_backbone(path: str | os.PathLike) -> HookedTransformer:
         )
     from transformers import AutoModelForCausalLM
 
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=torch.float32
-    )
+    with quiet_hf():
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32
+        )
     return decoder_backbone(hf_model)

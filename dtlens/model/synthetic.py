@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from dtlens.errors import DtlensError
+from dtlens.model.backbones import quiet_hf
 
 #: The published architectures: GPT-2 small is `GPT2Config()`, ImageGPT-small `ImageGPTConfig()`
 #: (GPT-2 12 x 768 x 12 heads, gelu_new; ImageGPT 24 x 512 x 8 heads, quick_gelu, 513 tokens).
@@ -37,7 +38,8 @@ def write_random_hf_model(kind: str, out: str | os.PathLike, seed: int = 0) -> P
         model = model_cls(config_cls())
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
-        model.save_pretrained(tmp)
+        with quiet_hf():
+            model.save_pretrained(tmp)
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)

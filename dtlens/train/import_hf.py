@@ -19,6 +19,7 @@ from dtlens.data import load_dataset
 from dtlens.errors import DtlensError
 from dtlens.io import save_json
 from dtlens.locks import folder_lock
+from dtlens.model.backbones import quiet_hf
 from dtlens.model.checkpoint import save_model
 from dtlens.model.config import config_mismatches
 from dtlens.model.dt import DecisionTransformer
@@ -39,7 +40,8 @@ def load_hf_dt(path: str | os.PathLike) -> DecisionTransformer:
         raise DtlensError(
             f"{path}: an HF {config.model_type!r} model, expected a DecisionTransformerModel"
         )
-    hf = DecisionTransformerModel.from_pretrained(path, local_files_only=True)
+    with quiet_hf():
+        hf = DecisionTransformerModel.from_pretrained(path, local_files_only=True)
     return DecisionTransformer.from_hf(hf.float().eval())
 
 

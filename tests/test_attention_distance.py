@@ -184,3 +184,34 @@ def test_run_paper_change_is_per_sample(k1_run, tmp_path):
     plain = attention_distances(k1_run, epochs=[0, 2], context_len=4)
     assert "paper_change" not in plain and len(DIAGNOSTIC.summary(plain).header) == 4
     np.testing.assert_allclose(plain["change"], ds["change"])
+
+
+def test_block_swap_run_with_a_donor_of_more_heads(hopper_file, tmp_path, recwarn):
+    """A 4-head donor block in a 2-head DT: block 0's missing heads are NaN (no warning), the
+    donor block's distances equal those of its pattern captured alone."""
+    from dtlens.capture import capture
+    from tests.test_families import write_family
+
+    write_family("gpt2", tmp_path / "donor")  # d_model 16 like TINY, 4 heads
+    cfg = tiny_train_config(
+        hopper_file,
+        epochs=1,
+        eval_episodes=0,
+        context_len=1,
+        replace_block=1,
+        donor=str(tmp_path / "donor"),
+    )
+    run = train(cfg, tmp_path / "run", progress=False)
+    ds = attention_distances(run, context_len=4)
+    d = ds["distance"].isel(epoch=-1)
+    assert ds.sizes["head"] == 4
+    assert np.isnan(d.sel(layer=0, head=[2, 3])).all()
+    assert np.isfinite(d.sel(layer=0, head=[0, 1])).all() and np.isfinite(d.sel(layer=1)).all()
+    alone = capture(
+        run.load_model(-1), run.windows(None, 4), ["backbone.blocks.1.attn.hook_pattern"]
+    )
+    per_sample = attention_distance(alone.pattern.values[:, 0], query_mask=alone.valid.values)
+    np.testing.assert_allclose(d.sel(layer=1), per_sample.mean(axis=0), rtol=1e-6)
+    assert len(DIAGNOSTIC.summary(ds).rows) == 2
+    assert DIAGNOSTIC.plot(ds, tmp_path / "a.png").stat().st_size > 0
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -2,11 +2,12 @@
 
 A capture is an `xr.Dataset` with one variable per hook kind, stacked over blocks:
 `resid_post(sample, layer, position, d_model)`, `pattern(sample, layer, head, query, key)`,
-`tokens(sample, position, d_model)`, ...; `valid(sample, position)` (False at left padding) and
-the batch's `timesteps(sample, step)`; coordinates `token_type` (return/state/action) and
-`timestep` (0..K-1 within the window) along `position`. Its attrs name the run, epoch, init,
-dataset, dtlens version, the hooks, the number of `samples` and `probe_hash`, a digest of the
-input batch: two captures with the same hash saw the same samples. A run's captures also name the
+`tokens(sample, position, d_model)`, ...; `valid(sample, position)` (False at left padding) and the
+batch's `timesteps(sample, step)`; coordinates `token_type` (return/state/action) and `timestep`
+(0..K-1 within the window) along `position`. In a mixed backbone (a block swap), a block with fewer
+heads or a narrower MLP than another is NaN beyond its own. Its attrs name the run, epoch, init,
+dataset, dtlens version, the hooks, the number of `samples` and `probe_hash`, a digest of the input
+batch: two captures with the same hash saw the same samples. A run's captures also name the
 checkpoint they were made from (`run_path`, `checkpoint_sha256`, see `dtlens.capture.run`).
 """
 
@@ -51,12 +52,26 @@ def _stack(
     cache: Mapping[str, Tensor], kind: HookKind, layers: list[int]
 ) -> Float[np.ndarray, "batch ..."]:
     if kind.per_block:
-        x = torch.stack([cache[kind.full_name(i)] for i in layers], dim=1)
+        x = torch.stack(_padded([cache[kind.full_name(i)] for i in layers]), dim=1)
     else:
         x = cache[kind.full_name()]
     if kind.name.endswith("_scale"):
         x = x.squeeze(-1)
     return x.float().cpu().numpy()
+
+
+def _padded(parts: list[Tensor]) -> list[Tensor]:
+    """Blocks of a mixed backbone (block swap) differ in heads or MLP width: each block's tensor
+    NaN-padded to the largest along every axis, so that they stack."""
+    shape = torch.Size(max(sizes) for sizes in zip(*(p.shape for p in parts), strict=True))
+    if all(p.shape == shape for p in parts):
+        return parts
+    out = []
+    for p in parts:
+        full = p.new_full(shape, float("nan"))
+        full[tuple(slice(0, n) for n in p.shape)] = p
+        out.append(full)
+    return out
 
 
 def _forward(

@@ -11,6 +11,7 @@ between two epochs, `change_of_mean` dtlens's.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -163,7 +164,15 @@ def change_of_mean(
 ) -> Float[np.ndarray, "..."]:
     """|mean d_e - mean d_0| over samples (axis 0, NaNs skipped): how much the head's mean
     distance moved. dtlens's `change`."""
-    return np.abs(np.nanmean(_to_numpy(d_epoch), axis=0) - np.nanmean(_to_numpy(d_first), axis=0))
+    return np.abs(mean_over_samples(d_epoch) - mean_over_samples(d_first))
+
+
+def mean_over_samples(d: Float[Array, "sample ..."]) -> Float[np.ndarray, "..."]:
+    """The mean over samples (axis 0), NaNs skipped; NaN, silently, where every sample is NaN
+    (a head a block of a mixed backbone does not have, or one with no valid query)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(_to_numpy(d), axis=0)
 
 
 def per_sample_change(

@@ -23,6 +23,7 @@ from dtlens.capture.activations import capture
 from dtlens.diagnostics.attention import (
     attention_distance,
     change_of_mean,
+    mean_over_samples,
     paper_variant_from_qk,
     per_sample_change,
 )
@@ -58,7 +59,7 @@ def attention_distances(
         d = np.stack([attention_distance(p, query_mask=valid) for p in layers], 1)  # s, l, head
         first = d if first is None else first
         out = {
-            "distance": (("layer", "head"), np.nanmean(d, axis=0)),
+            "distance": (("layer", "head"), mean_over_samples(d)),
             "change": (("layer", "head"), change_of_mean(d, first)),
         }
         if paper_variant:

@@ -164,11 +164,13 @@ def _across_tasks(doc: Doc, by_finding: dict[str, dict[str, Comparison]], tasks:
     """Each finding's verdict per task and aggregated across tasks (`dtlens.stats.aggregate`)."""
     doc.h("Across tasks", 2)
     doc.p(
-        "The aggregate is `dtlens.stats.aggregate`: each task's difference of means divided by "
-        "the task's pooled within-init standard deviation (a standardised effect, so tasks on "
-        "different scales count equally), averaged over tasks, with a 95% Welch-Satterthwaite "
-        "t interval; the verdict reads that interval as above. Tasks with fewer than 2 seeds a "
-        "side or no spread are left out."
+        "The aggregate is `dtlens.stats.aggregate`: each task's Welch t test is turned into a "
+        "z-score and the tasks are combined by Stouffer's method (p and verdict; for one task "
+        "exactly the task's own). The effect is each task's difference of means divided by its "
+        "pooled within-init standard deviation (so tasks on different scales count equally), "
+        "averaged over tasks, with the 95% interval of that test. Tasks with fewer than 2 seeds "
+        "a side or no spread are left out. Small effects in the same direction on every task "
+        "can hold together although each task alone is undetermined."
     )
     rows = []
     for name, per_task in by_finding.items():

@@ -67,3 +67,29 @@ def test_across_tasks_rows_hold_each_verdict_and_the_aggregate():
     assert f"{cka.effect:+.3g} [{cka.ci[0]:+.3g}, {cka.ci[1]:+.3g}]" in rows[0]
     assert "| image > random | contradicted | - |" in rows[1]
     assert rows[1].endswith("| **contradicted** |")
+
+
+def test_interp_questions_are_aggregated_two_sided():
+    low, high = [0.10, 0.12, 0.11], [0.30, 0.33, 0.31]
+    spread = [0.1, 0.3, 0.2]
+    per_task = {
+        "attribution": {
+            "hopper": compare(low, high, "two-sided"),
+            "walker2d": compare(low, high, "two-sided"),
+        },
+        "action_lens": {
+            "hopper": compare(high, low, "two-sided"),
+            "walker2d": compare(spread, spread, "two-sided"),
+        },
+    }
+    doc = Doc("t")
+    _across_tasks(doc, per_task, ["hopper", "walker2d"])
+    rows = [line for line in doc.markdown().splitlines() if "| (not in the paper" in line]
+    assert rows[0].startswith(
+        "| Direct action attribution | (not in the paper; two-sided) | language < random | "
+        "language < random |"
+    )
+    assert rows[0].endswith("| **language < random** |")
+    assert rows[1].startswith(
+        "| Action lens | (not in the paper; two-sided) | language > random | no difference shown |"
+    )

@@ -52,9 +52,9 @@ def _mean(v: np.ndarray) -> float:
     return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
-def components_section(doc: Doc, study: Any) -> list[list[str]]:
+def components_section(doc: Doc, study: Any) -> tuple[list[list[str]], dict[str, Comparison]]:
     """The section for one dataset's `study` (a `dtlens.report.report.Study`); returns its rows
-    of the report's summary table."""
+    of the report's summary table and each analysis's comparison, by name."""
     doc.h(TITLE, 3)
     doc.p(
         "Beyond the paper: `dtlens.interp` on the K=20 runs of the language and random inits, "
@@ -70,7 +70,7 @@ def components_section(doc: Doc, study: Any) -> list[list[str]]:
     ]
     if views:
         doc.p("Attention viewers (every head on probe windows): " + ", ".join(views) + ".")
-    rows = []
+    rows, comparisons = [], {}
     for diag in INTERP.values():
         f = diag.finding
         doc.h(diag.title, 4)
@@ -86,6 +86,7 @@ def components_section(doc: Doc, study: Any) -> list[list[str]]:
                     )
         values = _values(study, diag)
         c = f.compare(values.get(f.a, []), values.get(f.b, []))
+        comparisons[diag.name] = c
         seen = direction(c, f.a, f.b)
         doc.table(
             ["donor" if diag.scope == "study" else "init"]
@@ -114,4 +115,4 @@ def components_section(doc: Doc, study: Any) -> list[list[str]]:
                 f"**{seen}**",
             ]
         )
-    return rows
+    return rows, comparisons

@@ -18,10 +18,11 @@ import numpy as np
 import xarray as xr
 
 from dtlens.diagnostics.claims import TABLE1, TABLE1_K1
-from dtlens.diagnostics.contract import Diagnostic, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Table
 from dtlens.diagnostics.registry import DIAGNOSTICS
+from dtlens.interp.registry import INTERP
 from dtlens.io import load_json, write_atomic
-from dtlens.report.components import components_section
+from dtlens.report.components import components_section, direction
 from dtlens.report.document import Doc
 from dtlens.stats import Comparison, aggregate
 
@@ -122,7 +123,10 @@ def write_report(root: str | Path) -> Path:
             summary.append([study.label, *row])
             if c is not None:
                 by_finding.setdefault(diag.name, {})[study.label] = c
-        summary += [[study.label, *row] for row in components_section(doc, study)]
+        rows, comparisons = components_section(doc, study)
+        summary += [[study.label, *row] for row in rows]
+        for name, c in comparisons.items():
+            by_finding.setdefault(name, {})[study.label] = c
     doc.h("Summary", 2)
     doc.table(
         [
@@ -170,26 +174,29 @@ def _across_tasks(doc: Doc, by_finding: dict[str, dict[str, Comparison]], tasks:
         "pooled within-init standard deviation (so tasks on different scales count equally), "
         "averaged over tasks, with the 95% interval of that test. Tasks with fewer than 2 seeds "
         "a side or no spread are left out. Small effects in the same direction on every task "
-        "can hold together although each task alone is undetermined."
+        "can hold together although each task alone is undetermined. The analyses that are not "
+        "the paper's claims are read two-sided, as in each task's section."
     )
     rows = []
     for name, per_task in by_finding.items():
-        diag = DIAGNOSTICS[name]
+        diag = DIAGNOSTICS[name] if name in DIAGNOSTICS else INTERP[name]
         f = diag.finding
         agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect=f.expect)
         interval = (
             f"{agg.effect:+.3g} [{agg.ci[0]:+.3g}, {agg.ci[1]:+.3g}]"
-            if np.isfinite(agg.effect)
+            if np.isfinite(agg.ci[0])
             else "n/a"
         )
         rows.append(
             [
                 diag.title,
-                f"{f.a} {_sign(f.expect)} {f.b}",
-                *(per_task[t].verdict if t in per_task else "-" for t in tasks),
+                "(not in the paper; two-sided)"
+                if f.expect == "two-sided"
+                else f"{f.a} {_sign(f.expect)} {f.b}",
+                *(_reading(per_task[t], f) if t in per_task else "-" for t in tasks),
                 interval,
                 f"{agg.p:.3g}" if np.isfinite(agg.p) else "n/a",
-                verdict_text(agg),
+                f"**{_reading(agg, f)}**",
             ]
         )
     doc.table(
@@ -337,6 +344,11 @@ def _per_seed(
 ) -> np.ndarray:
     """`statistic` of each seed's result, NaN where there is none."""
     return np.asarray([np.nan if ds is None else statistic(ds) for ds in results], dtype=float)
+
+
+def _reading(c: Comparison, f: Finding) -> str:
+    """A paper claim's verdict, or what a two-sided question shows."""
+    return direction(c, f.a, f.b) if f.expect == "two-sided" else c.verdict
 
 
 def _sign(expect: str) -> str:

@@ -195,7 +195,10 @@ def aggregate(
     deviation s_t (Cohen's d_t), so that tasks whose statistic lives on another scale count
     equally, averaged over tasks. Its interval is the test-based one (Miettinen 1976): the mean
     d times (1 -+ z_{(1+level)/2} / Z), which excludes 0 exactly when the two-sided test rejects
-    at 1 - level, so the verdict reads it as `compare`'s.
+    at 1 - level, so the verdict reads it as `compare`'s. Where the mean d and Z point opposite
+    ways (one task with a very large d, several with smaller ones the other way: the t-to-z map
+    compresses large t), size and evidence disagree: the interval is NaN and the verdict
+    undetermined, whatever p says.
 
     Why not a t interval on the mean d_t with each s_t treated as known: with 3 seeds a side the
     per-task t has 4 degrees of freedom and twice the null variance of a z, so such an interval
@@ -231,7 +234,7 @@ def aggregate(
             p = float(2 * stats.norm.sf(abs(big_z)))
         else:
             p = float(stats.norm.cdf(big_z) if expect == "less" else stats.norm.sf(big_z))
-        if big_z != 0:  # Z = 0: no evidence either way, the interval stays NaN
+        if np.sign(big_z) == np.sign(effect) != 0:  # else the interval stays NaN (see above)
             half = abs(effect / big_z) * float(stats.norm.ppf((1 + level) / 2))
             ci = (effect - half, effect + half)
     every_a = [float(v) for a, _ in per_task.values() for v in a]

@@ -129,3 +129,13 @@ def test_bad_input_is_one_line(kwargs, message):
         aggregate(TASKS, **kwargs)
     with pytest.raises(DtlensError, match="infinite"):
         aggregate({"hopper": ([1.0, math.inf], [1.0, 2.0])})
+
+
+def test_size_and_evidence_in_opposite_directions_is_undetermined():
+    """One task with d = +30 and five with d = -4: the mean d is positive, Stouffer's Z (large t
+    compressed into z) negative; no side is claimed."""
+    tasks = {"big": ([30.0, 31.0, 32.0], [0.0, 1.0, 2.0])}
+    tasks |= {f"small{i}": ([0.0, 1.0, 2.0], [4.0, 5.0, 6.0]) for i in range(5)}
+    c = aggregate(tasks, expect="less")
+    assert c.effect > 0 and c.p < 0.01
+    assert c.verdict == "undetermined" and math.isnan(c.ci[0])

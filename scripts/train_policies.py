@@ -1,10 +1,14 @@
 """Train the behaviour policies of the embedded datasets with stable-baselines3 SAC.
 
-    python scripts/train_policies.py --env Hopper-v5 --timesteps 300000 --seed 0 \
-        --out runs/policies/hopper --max-minutes 60
+    python scripts/train_policies.py --env Walker2d-v5 --timesteps 1000000 --seed 0 \
+        --out ~/.cache/dtlens/policies/walker2d --max-minutes 60
 
 Every `--eval-every` steps the deterministic actor is evaluated and saved under
-`OUT/checkpoints/`; training stops at `--timesteps` or after `--max-minutes`. Then the replay
+`OUT/checkpoints/`, and the whole SAC state (networks, optimisers, entropy coefficient, the filled
+part of the replay buffer) under `OUT/resume/`: the same command run again continues from there,
+across sessions (the environment restarts its episode; nothing else is lost). Training stops at
+`--timesteps` or after `--max-minutes` of this invocation; the export runs once all steps are
+done (`--export-only` forces it). Then the replay
 buffer is written to `OUT/replay.hdf5` (D4RL layout) and `export` picks the *expert* (the best
 of the 5 top checkpoints re-evaluated over 10 fresh episodes) and the *medium* (the earlier
 checkpoint nearest a third of the expert's return that moves forward), evaluates both over 10
@@ -27,9 +31,10 @@ import numpy as np
 import torch
 
 from dtlens.data.d4rl import read_d4rl, write_d4rl
+from dtlens.io import load_json, save_json, write_atomic
 from dtlens.data.policy import POLICY_DIR, MLPPolicy, evaluate_policy, rollout_stats
 
-HIDDEN = [64, 64]
+BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
 def actor_policy(model, env_id: str) -> MLPPolicy:
@@ -40,7 +45,8 @@ def actor_policy(model, env_id: str) -> MLPPolicy:
     return MLPPolicy(weights, env_id=env_id)
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace) -> bool:
+    """Train (or continue) SAC; True once `--timesteps` steps are done."""
     import gymnasium as gym
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -49,8 +55,37 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     log_path = out / "eval.jsonl"
-    log_path.write_text("")
+    resume = out / "resume"
     start = time.time()
+    env = gym.make(args.env)
+    if (resume / "state.json").is_file():
+        state = load_json(resume / "state.json")
+        model = SAC.load(resume / "sac.zip", env=env, device="cpu")
+        load_buffer(model.replay_buffer, resume / "buffer.npz")
+        minutes_before = state["minutes"]
+        print(f"resuming at step {model.num_timesteps} ({minutes_before:.0f} min so far)", flush=True)
+    else:
+        log_path.write_text("")
+        model = SAC(
+            "MlpPolicy",
+            env,
+            policy_kwargs={"net_arch": args.hidden},
+            learning_starts=args.learning_starts,
+            buffer_size=args.timesteps,
+            seed=args.seed,
+            device="cpu",
+            verbose=0,
+        )
+        minutes_before = 0.0
+
+    def minutes() -> float:
+        return minutes_before + (time.time() - start) / 60
+
+    def checkpoint() -> None:
+        resume.mkdir(exist_ok=True)
+        write_atomic(resume / "sac.zip", lambda tmp: save_to(tmp, model.save))
+        save_buffer(model.replay_buffer, resume / "buffer.npz")
+        save_json({"step": model.num_timesteps, "minutes": minutes()}, resume / "state.json")
 
     class EvalAndStop(BaseCallback):
         def _on_step(self) -> bool:
@@ -64,29 +99,48 @@ def train(args: argparse.Namespace) -> None:
                     "step": self.num_timesteps,
                     "return_mean": float(np.mean(returns)),
                     "return_std": float(np.std(returns)),
-                    "minutes": (time.time() - start) / 60,
+                    "minutes": minutes(),
                 }
                 with log_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
+                checkpoint()
             return (time.time() - start) / 60 < args.max_minutes
 
-    env = gym.make(args.env)
-    model = SAC(
-        "MlpPolicy",
-        env,
-        policy_kwargs={"net_arch": HIDDEN},
-        learning_starts=args.learning_starts,
-        buffer_size=args.timesteps,
-        seed=args.seed,
-        device="cpu",
-        verbose=0,
-    )
-    model.learn(total_timesteps=args.timesteps, callback=EvalAndStop())
+    remaining = args.timesteps - model.num_timesteps
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=EvalAndStop(), reset_num_timesteps=False)
+        checkpoint()
+    if model.num_timesteps < args.timesteps:
+        print(f"stopped at step {model.num_timesteps} of {args.timesteps}: run again to continue")
+        return False
     save_replay(model.replay_buffer, out / "replay.hdf5", args)
-    (out / "train.json").write_text(
-        json.dumps({"args": vars(args), "steps": model.num_timesteps}, indent=2) + "\n"
+    save_json(
+        {"args": vars(args), "steps": model.num_timesteps, "minutes": minutes()},
+        out / "train.json",
     )
+    return True
+
+
+def save_buffer(buffer, path: Path) -> None:
+    """The filled rows of an SB3 replay buffer (no wrap-around: its size is the step budget)."""
+    n = buffer.buffer_size if buffer.full else buffer.pos
+    arrays = {key: getattr(buffer, key)[:n] for key in BUFFER_KEYS}
+    write_atomic(path, lambda tmp: save_to(tmp, lambda f: np.savez(f, **arrays)))
+
+
+def save_to(path: Path, writer) -> None:
+    """`writer(file)` on `path` opened for writing (SB3 and numpy would add their own suffix)."""
+    with path.open("wb") as f:
+        writer(f)
+
+
+def load_buffer(buffer, path: Path) -> None:
+    with np.load(path) as arrays:
+        n = len(arrays["rewards"])
+        for key in BUFFER_KEYS:
+            getattr(buffer, key)[:n] = arrays[key]
+    buffer.pos, buffer.full = n % buffer.buffer_size, n == buffer.buffer_size
 
 
 def save_replay(buffer, path: Path, args: argparse.Namespace) -> None:
@@ -118,6 +172,7 @@ def export(args: argparse.Namespace) -> None:
         f"python scripts/train_policies.py --env {targs['env']} --timesteps {train_info['steps']} "
         f"--seed {targs['seed']} --eval-every {targs['eval_every']} "
         f"--eval-episodes {targs['eval_episodes']} --learning-starts {targs['learning_starts']} "
+        f"--hidden {','.join(map(str, targs['hidden']))} "
         f"--out {shlex.quote(targs['out'])}"
     )
     random_returns = evaluate_policy(None, targs["env"], episodes=10, seed=0)
@@ -135,7 +190,8 @@ def export(args: argparse.Namespace) -> None:
             "return_std": float(np.std(returns)),
             "return_episodes": len(returns),
             "return_eval": "deterministic tanh(mu), env.reset(seed=0..9)",
-            "trainer": "stable-baselines3 SAC, default hyperparameters, net_arch [64, 64]",
+            "trainer": "stable-baselines3 SAC, default hyperparameters, "
+            f"net_arch {targs['hidden']}",
             "command": command,
         }
         policy.save(POLICY_DIR / f"{env_name}-{quality}", extra=extra)
@@ -181,13 +237,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--learning-starts", type=int, default=10_000)
+    parser.add_argument(
+        "--hidden", type=lambda v: [int(x) for x in v.split(",")], default=[256, 256],
+        help="hidden layer widths of actor and critics (D4RL's SAC: 256,256)",
+    )
     parser.add_argument("--max-minutes", type=float, default=float("inf"))
     parser.add_argument("--out", default="runs/policies/hopper")
     parser.add_argument("--export-only", action="store_true")
     args = parser.parse_args(argv)
     if not args.export_only:
         print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
-        train(args)
+        if not train(args):
+            return
     export(args)
 
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from dtlens.data.d4rl import read_d4rl, write_d4rl
-from dtlens.io import load_json, save_json, write_atomic
 from dtlens.data.policy import POLICY_DIR, MLPPolicy, evaluate_policy, rollout_stats
+from dtlens.io import load_json, save_json, write_atomic
 
 BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
@@ -63,7 +63,9 @@ def train(args: argparse.Namespace) -> bool:
         model = SAC.load(resume / "sac.zip", env=env, device="cpu")
         load_buffer(model.replay_buffer, resume / "buffer.npz")
         minutes_before = state["minutes"]
-        print(f"resuming at step {model.num_timesteps} ({minutes_before:.0f} min so far)", flush=True)
+        print(
+            f"resuming at step {model.num_timesteps} ({minutes_before:.0f} min so far)", flush=True
+        )
     else:
         log_path.write_text("")
         model = SAC(
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--learning-starts", type=int, default=10_000)
     parser.add_argument(
-        "--hidden", type=lambda v: [int(x) for x in v.split(",")], default=[256, 256],
+        "--hidden",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[256, 256],
         help="hidden layer widths of actor and critics (D4RL's SAC: 256,256)",
     )
     parser.add_argument("--max-minutes", type=float, default=float("inf"))

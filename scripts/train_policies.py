@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from dtlens.data.d4rl import read_d4rl, write_d4rl
-from dtlens.data.policy import POLICY_DIR, MLPPolicy, evaluate_policy, rollout_stats
+from dtlens.data.policy import (
+    POLICY_DIR,
+    MLPPolicy,
+    evaluate_policy,
+    record_policy,
+    rollout_stats,
+)
 from dtlens.io import load_json, save_json, write_atomic
 
 BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -197,6 +203,7 @@ def export(args: argparse.Namespace) -> None:
             "command": command,
         }
         policy.save(POLICY_DIR / f"{env_name}-{quality}", extra=extra)
+        record_policy(f"{env_name}-{quality}")
     # medium-replay: the replay buffer up to the medium checkpoint (too large to embed)
     replay = read_d4rl(out / "replay.hdf5")
     arrays = {k: v[: medium["step"]] for k, v in replay.arrays().items()}

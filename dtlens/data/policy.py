@@ -1,4 +1,8 @@
-"""Behaviour policies: small tanh MLP actors stored as safetensors + JSON, run in numpy."""
+"""Behaviour policies: small tanh MLP actors stored as safetensors + JSON, run in numpy.
+
+The embedded ones (`dtlens/assets/policies/`) are listed in that folder's `manifest.json` with the
+sha256 of both files and their recorded return; loading one by name checks its bytes.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dtlens.data.manifest import read_manifest, update_manifest
 from dtlens.errors import DtlensError
-from dtlens.io import load_json, load_tensors, save_json, save_tensors
+from dtlens.io import file_sha256, load_json, load_tensors, save_json, save_tensors
 from dtlens.paths import POLICY_ASSETS
 
 POLICY_DIR = POLICY_ASSETS
@@ -91,15 +96,53 @@ class MLPPolicy:
         return cls(weights, meta["env_id"], meta["action_low"], meta["action_high"], meta)
 
 
-def load_policy(name: str) -> MLPPolicy:
-    """An embedded policy by name, e.g. 'hopper-medium', or a path stem."""
-    stem = POLICY_DIR / name
+def load_policy(name: str, folder: Path = POLICY_DIR) -> MLPPolicy:
+    """An embedded policy by name, e.g. 'hopper-medium' (its bytes checked against `folder`'s
+    manifest), or a path stem."""
+    stem = folder / name
+    if Path(name).name == name and stem.with_suffix(".json").is_file():
+        check_policy(name, folder)
+        return MLPPolicy.load(stem)
+    stem = Path(name).with_suffix("")
     if not stem.with_suffix(".json").is_file():
-        stem = Path(name).with_suffix("")
-    if not stem.with_suffix(".json").is_file():
-        known = sorted(p.stem for p in POLICY_DIR.glob("*.json"))
+        known = sorted(p.stem for p in folder.glob("*.json") if p.name != "manifest.json")
         raise DtlensError(f"{name}: unknown policy (embedded: {', '.join(known) or 'none'})")
     return MLPPolicy.load(stem)
+
+
+def policy_entry(name: str, folder: Path = POLICY_DIR) -> dict[str, Any]:
+    """The manifest entry of the policy files `folder/name.{safetensors,json}`."""
+    stem = folder / name
+    info = load_json(stem.with_suffix(".json"))
+    return {
+        "file": stem.with_suffix(".safetensors").name,
+        "sha256": file_sha256(stem.with_suffix(".safetensors")),
+        "json_sha256": file_sha256(stem.with_suffix(".json")),
+        "return_mean": info.get("return_mean"),
+        "training_step": info.get("training_step"),
+    }
+
+
+def record_policy(name: str, folder: Path = POLICY_DIR) -> Path:
+    """Write `name`'s entry (sha256 of both files, recorded return) to `folder`'s manifest."""
+    return update_manifest(folder, name, policy_entry(name, folder))
+
+
+def check_policy(name: str, folder: Path = POLICY_DIR) -> None:
+    """Refuse, in one line, embedded policy files that do not match the manifest."""
+    entry = read_manifest(folder).get(name)
+    if entry is None:
+        raise DtlensError(
+            f"{name}: no entry in {folder / 'manifest.json'}: record it with "
+            "`python scripts/train_policies.py --export-only`"
+        )
+    found = policy_entry(name, folder)
+    for key in ("sha256", "json_sha256"):
+        if found[key] != entry[key]:
+            raise DtlensError(
+                f"{folder / name}: policy files do not match the manifest ({key} "
+                f"{found[key][:12]}..., recorded {entry[key][:12]}...): reinstall dtlens"
+            )
 
 
 def evaluate_policy(

@@ -1,0 +1,76 @@
+"""The embedded behaviour policies: their files match the manifest and they still act as
+recorded (the datasets are collected from them)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from dtlens.data.policy import POLICY_DIR, evaluate_policy, load_policy
+from dtlens.errors import DtlensError
+from dtlens.io import load_json
+
+POLICIES = sorted(load_json(POLICY_DIR / "manifest.json"))
+
+
+def test_every_embedded_policy_is_in_the_manifest():
+    files = sorted(p.stem for p in POLICY_DIR.glob("*.safetensors"))
+    assert files == POLICIES and len(POLICIES) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_reaches_its_recorded_return(name):
+    """One deterministic episode (seed 0, as recorded) reaches 80% of the recorded mean."""
+    policy = load_policy(name)
+    recorded = load_json(POLICY_DIR / "manifest.json")[name]["return_mean"]
+    (achieved,) = evaluate_policy(policy, policy.env_id, episodes=1, seed=0)
+    assert achieved >= 0.8 * recorded, (name, achieved, recorded)
+
+
+@pytest.mark.parametrize("part", ["safetensors", "json"])
+def test_a_policy_that_does_not_match_its_manifest_is_refused(tmp_path, part):
+    for f in POLICY_DIR.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    load_policy("hopper-medium", folder=tmp_path)  # intact copies load
+    target = tmp_path / f"hopper-medium.{part}"
+    if part == "json":
+        target.write_text(target.read_text().replace('"quality": "medium"', '"quality": "expert"'))
+    else:
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 1
+        target.write_bytes(bytes(data))
+    with pytest.raises(DtlensError, match="do not match the manifest") as err:
+        load_policy("hopper-medium", folder=tmp_path)
+    assert "\n" not in str(err.value)
+    load_policy("hopper-expert", folder=tmp_path)  # the others still load
+
+
+def test_an_unrecorded_policy_is_refused_in_one_line(tmp_path):
+    for f in POLICY_DIR.glob("hopper-medium.*"):
+        shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(DtlensError, match="no entry in"):
+        load_policy("hopper-medium", folder=tmp_path)
+
+
+def test_cli_collect_with_an_unknown_policy_is_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "collect",
+            "--env",
+            "Hopper-v5",
+            "--policy",
+            "nope",
+            "--transitions",
+            "10",
+            "--out",
+            str(tmp_path / "x.hdf5"),
+        ],
+    )
+    assert result.exit_code != 0 and "unknown policy" in result.output
+    assert len(result.output.strip().splitlines()) == 1

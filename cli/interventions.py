@@ -19,6 +19,9 @@ EPOCH = typer.Option(-1, help="Checkpoint epoch (-1 = last).")
 EPISODES = typer.Option(None, help="Rollouts per policy (default: the run's evaluation episodes).")
 SEED = typer.Option(0, help="Env seed of the first episode (seed, seed+1, ...) and resampling.")
 SAMPLES = typer.Option(None, help="Probe windows for the statistics (default: the probe size).")
+MAX_STEPS = typer.Option(
+    None, help="Step limit of an episode (default: the run's evaluation limit)."
+)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -49,6 +52,7 @@ def ablate_cmd(
     epoch: int = EPOCH,
     seed: int = SEED,
     samples: int = SAMPLES,
+    max_steps: int = MAX_STEPS,
     device: str = DEVICE,
 ) -> None:
     """Roll out the policy with each component ablated in turn: the change of normalized score
@@ -65,6 +69,7 @@ def ablate_cmd(
         episodes=episodes,
         seed=seed,
         samples=samples,
+        max_steps=max_steps,
         progress=_progress,
     )
 
@@ -82,6 +87,7 @@ def steer_cmd(
     epoch: int = EPOCH,
     seed: int = SEED,
     samples: int = SAMPLES,
+    max_steps: int = MAX_STEPS,
     device: str = DEVICE,
 ) -> None:
     """Roll out the policy steered along the high - low return-to-go direction of its probe
@@ -99,6 +105,7 @@ def steer_cmd(
         episodes=episodes,
         seed=seed,
         samples=samples,
+        max_steps=max_steps,
         progress=_progress,
     )
 
@@ -113,6 +120,7 @@ def return_sweep_cmd(
     episodes: int = EPISODES,
     epoch: int = EPOCH,
     seed: int = SEED,
+    max_steps: int = MAX_STEPS,
     device: str = DEVICE,
 ) -> None:
     """Achieved return against the return-to-go target the policy is conditioned on."""
@@ -126,5 +134,6 @@ def return_sweep_cmd(
         targets=None if targets is None else _floats(targets, "--targets"),
         episodes=episodes,
         seed=seed,
+        max_steps=max_steps,
         progress=_progress,
     )

@@ -279,7 +279,7 @@ def test_return_sweep(run):
 
 def test_cli_ablate_writes_the_shared_file_contract(run):
     args = ["ablate", str(run.path), "--components", "L0H1,mlps", "--episodes", "2"]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--max-steps", "3"])
     assert result.exit_code == 0, result.output
     with xr.open_dataset(run.path / "diagnostics" / "ablation.nc") as ds:
         assert list(ds["component"].values) == ["L0H1", "L0MLP", "L1MLP"]
@@ -289,7 +289,8 @@ def test_cli_ablate_writes_the_shared_file_contract(run):
         assert ds["score_change_ci"].dims == ("component", "bound")
         assert list(ds["bound"].values) == ["low", "high"]
         assert ds.attrs["how"] == "mean" and ds.attrs["episodes"] == 2
-        assert ds.attrs["seed"] == 0 and ds.attrs["epoch"] == 2
+        assert ds.attrs["seed"] == 0 and ds.attrs["epoch"] == 2 and ds.attrs["max_steps"] == 3
+        assert (ds["length"] == 3).all() and (ds["baseline_length"] == 3).all()
     assert (run.path / "figures" / "ablation.png").stat().st_size > 0
 
 
@@ -323,3 +324,54 @@ def test_cli_bad_input_is_one_line(run, args, message):
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+# -- report --------------------------------------------------------------------------------------
+class FakeStudy:
+    """Run folders by (role, init, seed) holding only what the section reads."""
+
+    def __init__(self, root, seeds):
+        self.root, self.seeds = root, seeds
+
+    def run_dir(self, role, who, seed):
+        path = self.root / f"{who}-{seed}"
+        return path if path.is_dir() else None
+
+
+def ablation_result(change: dict[str, float], baseline: float) -> xr.Dataset:
+    names = list(change)
+    base = np.full(4, baseline)
+    score = np.asarray([base + change[n] + np.array([-1, 1, -1, 1]) for n in names])
+    return xr.Dataset(
+        {
+            "score": (("component", "episode"), score),
+            "baseline_score": (("episode",), base),
+            "score_change": (("component",), [change[n] for n in names]),
+        },
+        coords={"component": names},
+        attrs={"how": "mean", "episodes": 4},
+    )
+
+
+def test_report_reads_each_component_two_sided(tmp_path):
+    from dtlens.interp.ablation import DIAGNOSTIC
+    from dtlens.io import save_netcdf
+    from dtlens.report.document import Doc
+    from dtlens.report.interventions import policy_section
+
+    seeds = [1, 2, 3]
+    for i, seed in enumerate(seeds):
+        # language loses less without L0ATTN, the same without L0MLP
+        for who, attn in (("language", -5.0 + i), ("random", -20.0 + i)):
+            result = ablation_result({"L0ATTN": attn, "L0MLP": -3.0 + i}, 30.0 + i)
+            save_netcdf(result, DIAGNOSTIC.nc_path(tmp_path / f"{who}-{seed}"))
+    doc = Doc("t")
+    comparisons = policy_section(doc, FakeStudy(tmp_path, seeds))
+    assert comparisons["L0ATTN"].effect == pytest.approx(15.0)
+    text = doc.markdown()
+    attn = next(line for line in text.splitlines() if line.startswith("| L0ATTN"))
+    mlp = next(line for line in text.splitlines() if line.startswith("| L0MLP"))
+    assert "**language > random**" in attn and "-4.0 (-5.0, -4.0, -3.0)" in attn
+    assert "**no difference shown**" in mlp
+    assert "31.0 (30.0, 31.0, 32.0)" in text  # the unablated scores
+    assert "dtlens ablate RUN --components L0ATTN,L0MLP --how mean --episodes 4" in text

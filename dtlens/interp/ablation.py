@@ -40,11 +40,13 @@ def compute_ablation(
     episodes: int | None = None,
     seed: int = 0,
     samples: int | None = None,
+    max_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """Evaluation rollouts of `run`'s checkpoint `epoch` (-1: the last) with each of `components`
     ablated `how` in turn (statistics over `samples` probe windows), paired with the baseline on
-    the same env seeds (seed, seed+1, ...)."""
+    the same env seeds (seed, seed+1, ...); episodes of at most `max_steps` (default: the run's
+    evaluation length)."""
     check_how(how)
     (epoch,) = run.resolve_epochs([epoch])
     model = run.load_model(epoch)
@@ -54,7 +56,12 @@ def compute_ablation(
         c.name: (lambda m, c=c: ablate(m, [c.name], how, reference, seed)) for c in parsed
     }
     ds = rollout_effect(
-        model, interventions, episodes, seed, rollouts=Rollouts.of(run), progress=progress
+        model,
+        interventions,
+        episodes,
+        seed,
+        rollouts=Rollouts.of(run, max_steps),
+        progress=progress,
     )
     ds = ds.rename(intervention="component").assign_coords(
         component_type=("component", [c.kind for c in parsed]),

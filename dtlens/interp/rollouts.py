@@ -52,8 +52,10 @@ class Rollouts:
     episodes: int
 
     @classmethod
-    def of(cls, run: Run) -> Rollouts:
-        """As the run evaluated itself during training."""
+    def of(cls, run: Run, max_steps: int | None = None) -> Rollouts:
+        """As the run evaluated itself during training, episodes cut at `max_steps` if given."""
+        if max_steps is not None and max_steps < 1:
+            raise DtlensError(f"max_steps must be at least 1, got {max_steps}")
         t, data = run.train_config, run.config["data"]
         return cls(
             env_id=data["env_id"],
@@ -62,7 +64,7 @@ class Rollouts:
             target_return=t.target_return or target_return(data["env_id"]),
             context_len=t.context_len,
             rtg_scale=t.rtg_scale,
-            max_steps=t.eval_max_steps,
+            max_steps=max_steps or t.eval_max_steps,
             episodes=t.eval_episodes or DEFAULT_EPISODES,
         )
 
@@ -190,13 +192,15 @@ def return_sweep(
     seed: int = 0,
     *,
     epoch: int = -1,
+    max_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
-    """The return the run's checkpoint `epoch` achieves conditioned on each return-to-go target:
-    `return` (target, episode), `return_mean`, `return_std`, `score_mean` (target)."""
+    """The return the run's checkpoint `epoch` achieves conditioned on each return-to-go target
+    (episodes of at most `max_steps`, default the run's): `return` (target, episode),
+    `return_mean`, `return_std`, `score_mean` (target)."""
     if not targets:
         raise DtlensError("return sweep needs at least one target")
-    how = Rollouts.of(run)
+    how = Rollouts.of(run, max_steps)
     episodes = how.episodes if episodes is None else episodes
     if episodes < 1:
         raise DtlensError(f"episodes must be at least 1, got {episodes}")
@@ -234,6 +238,7 @@ def compute_return_sweep(
     targets: Sequence[float] | None = None,
     episodes: int | None = None,
     seed: int = 0,
+    max_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """`return_sweep` of `run`'s checkpoint `epoch` (default targets: 0 to 1.25 x the
@@ -242,7 +247,9 @@ def compute_return_sweep(
     if targets is None:
         top = target_return(Rollouts.of(run).env_id)
         targets = [f * top for f in SWEEP_FRACTIONS]
-    ds = return_sweep(run, targets, episodes, seed, epoch=epoch, progress=progress)
+    ds = return_sweep(
+        run, targets, episodes, seed, epoch=epoch, max_steps=max_steps, progress=progress
+    )
     return ds.assign_attrs(run_attrs(run, epoch))
 
 

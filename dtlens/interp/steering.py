@@ -50,11 +50,12 @@ def compute_steering(
     episodes: int | None = None,
     seed: int = 0,
     samples: int | None = None,
+    max_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """Rollouts of `run`'s checkpoint `epoch` steered by `scale` x the high - low return-to-go
     direction after `layer` blocks (default: the middle one), for every scale, paired with the
-    baseline on the same env seeds."""
+    baseline on the same env seeds; episodes of at most `max_steps` (default: the run's)."""
     (epoch,) = run.resolve_epochs([epoch])
     if not scales:
         raise DtlensError("steering needs at least one scale")
@@ -65,7 +66,12 @@ def compute_steering(
         f"{s:g}": (lambda m, s=s: steer(m, layer, vector, positions, s)) for s in scales
     }
     ds = rollout_effect(
-        model, interventions, episodes, seed, rollouts=Rollouts.of(run), progress=progress
+        model,
+        interventions,
+        episodes,
+        seed,
+        rollouts=Rollouts.of(run, max_steps),
+        progress=progress,
     )
     ds = ds.rename(intervention="scale").assign_coords(scale=np.asarray(scales, dtype=float))
     return ds.assign_attrs(

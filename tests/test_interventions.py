@@ -349,7 +349,7 @@ def ablation_result(change: dict[str, float], baseline: float) -> xr.Dataset:
             "score_change": (("component",), [change[n] for n in names]),
         },
         coords={"component": names},
-        attrs={"how": "mean", "episodes": 4},
+        attrs={"how": "mean", "episodes": 4, "max_steps": 200},
     )
 
 
@@ -374,4 +374,4 @@ def test_report_reads_each_component_two_sided(tmp_path):
     assert "**language > random**" in attn and "-4.0 (-5.0, -4.0, -3.0)" in attn
     assert "**no difference shown**" in mlp
     assert "31.0 (30.0, 31.0, 32.0)" in text  # the unablated scores
-    assert "dtlens ablate RUN --components L0ATTN,L0MLP --how mean --episodes 4" in text
+    assert "ablate RUN --components L0ATTN,L0MLP --how mean --episodes 4 --max-steps 200" in text

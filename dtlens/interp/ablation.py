@@ -19,17 +19,20 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dtlens.diagnostics.contract import Diagnostic, Table
+from dtlens.diagnostics.contract import Diagnostic, Table, Written
 from dtlens.interp.inputs import run_attrs
 from dtlens.interp.interventions import How, ablate, check_how, parse_components
 from dtlens.interp.rollouts import Rollouts, change_errors, change_table, rollout_effect
 from dtlens.plotting import panels, save_figure
 from dtlens.train.run import Run
 
-#: What `dtlens reproduce` ablates: each block's attention and MLP (the paper's question is about
-#: attention), 2 x n_layers components, each one more evaluation of the run.
+#: The default (and what `dtlens reproduce` ablates): each block's attention and MLP (the paper's
+#: question is about attention), 2 x n_layers components, each one more set of rollouts.
 DEFAULT_COMPONENTS = "attns,mlps"
 DEFAULT_HOW: How = "mean"
+#: `dtlens reproduce` rolls out at most this many episodes of at most this many steps per policy
+#: (fewer where the run's own evaluation is shorter), to keep `make demo` short.
+REPRODUCE_EPISODES, REPRODUCE_MAX_STEPS = 5, 200
 
 
 def compute_ablation(
@@ -108,3 +111,14 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_ablation,
     summary=summary,
 )
+
+
+def write_for_reproduce(run: Run) -> Written:
+    """The default ablation of `run` as `dtlens reproduce` computes it: at most
+    `REPRODUCE_EPISODES` episodes of at most `REPRODUCE_MAX_STEPS` steps."""
+    how = Rollouts.of(run)
+    return DIAGNOSTIC.write(
+        run,
+        episodes=min(REPRODUCE_EPISODES, how.episodes),
+        max_steps=min(REPRODUCE_MAX_STEPS, how.max_steps),
+    )

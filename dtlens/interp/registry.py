@@ -28,12 +28,13 @@ def interp_tasks(
     in rollouts and the attention view of each of the compared roles' runs."""
     runs = {key: run for key, run in main.items() if key[0] in ROLES}
     tasks: list[tuple[str, Callable[[], object]]] = []
-    for diag in (*INTERP.values(), ablation.DIAGNOSTIC):
+    for diag in INTERP.values():
         if diag.scope == "study":
             tasks.append((f"{diag.name} comparison", lambda d=diag: d.write(runs, root)))
             continue
         for run in runs.values():
             tasks.append((f"{diag.name} {run.name}", lambda d=diag, r=run: d.write(r)))
     for run in runs.values():
+        tasks.append((f"ablation {run.name}", lambda r=run: ablation.write_for_reproduce(r)))
         tasks.append((f"attention view {run.name}", lambda r=run: write_run_view(r)))
     return tasks

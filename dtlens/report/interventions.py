@@ -59,16 +59,17 @@ def policy_section(doc: Doc, study: Any) -> dict[str, Comparison]:
         doc.p("*(not available: no ablation results)*")
         return {}
     first = found[0]
+    attrs = first.attrs
     doc.p(
-        f"Beyond the paper: each component of the K=20 runs {first.attrs['how']}-ablated in turn "
-        f"(statistics over the run's probe windows) during {first.attrs['episodes']} evaluation "
-        "episodes, paired with the unablated policy on the same environment seeds. Per seed: "
-        "the mean change of normalized score, ablated - unablated. Language vs random is "
-        "two-sided: **language > random** (losing the component costs the language init less) "
-        "when the 95% Welch interval over seeds lies above 0, **language < random** when it "
-        "lies below, **no difference shown** otherwise. Reproduce one run's with `dtlens "
-        f"ablate RUN --components {','.join(map(str, first['component'].values))} --how "
-        f"{first.attrs['how']} --episodes {first.attrs['episodes']}`."
+        f"Beyond the paper: each component of the K=20 runs {attrs['how']}-ablated in turn "
+        f"(statistics over the run's probe windows) during {attrs['episodes']} evaluation episodes "
+        f"of at most {attrs['max_steps']} steps, paired with the unablated policy on the same "
+        "environment seeds. Per seed: the mean change of normalized score, ablated - unablated. "
+        "Language vs random is two-sided: **language > random** (losing the component costs "
+        "the language init less) when the 95% Welch interval over seeds lies above 0, "
+        "**language < random** when it lies below, **no difference shown** otherwise. One "
+        f"run's: `dtlens ablate RUN --components {','.join(map(str, first['component'].values))}"
+        f" --how {attrs['how']} --episodes {attrs['episodes']} --max-steps {attrs['max_steps']}`."
     )
     for who in ROLES:
         run = study.run_dir("main", who, study.seeds[0])
@@ -77,7 +78,7 @@ def policy_section(doc: Doc, study: Any) -> dict[str, Comparison]:
                 ABLATION.png_path(run), f"ablation, {who} init, seed {study.seeds[0]}", study.root
             )
     components = list(dict.fromkeys(str(c) for ds in found for c in ds["component"].values))
-    a, b = ROLES
+    a, b = ROLES  # the roles compared
     baseline = [
         _cell(
             np.asarray(

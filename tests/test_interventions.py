@@ -294,6 +294,18 @@ def test_cli_ablate_writes_the_shared_file_contract(run):
     assert (run.path / "figures" / "ablation.png").stat().st_size > 0
 
 
+def test_reproduce_ablates_each_compared_run_within_its_evaluation(run, tmp_path):
+    from dtlens.interp.registry import interp_tasks
+
+    tasks = dict(interp_tasks({("language", 1): run, ("image", 1): run}, tmp_path))
+    assert [t for t in tasks if t.startswith("ablation")] == ["ablation run"]  # not image
+    tasks["ablation run"]()
+    with xr.open_dataset(run.path / "diagnostics" / "ablation.nc") as ds:
+        assert list(ds["component"].values) == ["L0ATTN", "L1ATTN", "L0MLP", "L1MLP"]
+        assert ds.attrs["how"] == "mean"
+        assert ds.attrs["episodes"] == 3 and ds.attrs["max_steps"] == 15  # the run's, < 5, 200
+
+
 def test_cli_steer_and_return_sweep(run):
     result = runner.invoke(app, ["steer", str(run.path), "--scales", "-1,1", "--episodes", "2"])
     assert result.exit_code == 0, result.output

@@ -243,11 +243,9 @@ def resid_hook(model: DecisionTransformer, layer: int) -> str:
     n = model.cfg.n_layers
     if not 0 <= layer <= n:
         raise DtlensError(f"layer must lie in [0, {n}] (blocks passed), got {layer}")
-    return (
-        "backbone.blocks.0.hook_resid_pre"
-        if layer == 0
-        else (f"backbone.blocks.{layer - 1}.hook_resid_post")
-    )
+    if layer == 0:
+        return "backbone.blocks.0.hook_resid_pre"
+    return f"backbone.blocks.{layer - 1}.hook_resid_post"
 
 
 def _position_mask(positions: str, n: int, device: torch.device) -> Tensor:
@@ -256,11 +254,9 @@ def _position_mask(positions: str, n: int, device: torch.device) -> Tensor:
             f"unknown positions {positions!r}: expected one of {', '.join(POSITIONS)}"
         )
     types = token_types(n, device)
-    return (
-        torch.ones_like(types, dtype=torch.bool)
-        if positions == "all"
-        else (types == TOKEN_TYPES.index(positions))
-    )
+    if positions == "all":
+        return torch.ones_like(types, dtype=torch.bool)
+    return types == TOKEN_TYPES.index(positions)
 
 
 @contextmanager

@@ -90,6 +90,7 @@ def test_reproduce_end_to_end_on_a_local_cluster(hopper_file, tmp_path):
     for name in ("attribution", "action_lens", "probe"):
         assert (main / "diagnostics" / f"{name}.nc").is_file(), name
     assert (main / "figures" / "attention-view.html").is_file()
+    assert (main / "diagnostics" / "ablation.nc").is_file() and "What the policy needs" in text
     images = [line for line in text.splitlines() if line.startswith("![")]
     assert len(images) >= 12 and all((out / i.split("](")[1][:-1]).is_file() for i in images)
     # `dtlens report` rebuilds the report from the saved results alone.

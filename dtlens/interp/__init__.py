@@ -7,7 +7,11 @@
 - `action_lens(model, batch)`: the action head read off every layer's residual stream;
 - `linear_probe(activations, target)`: held-out ridge R^2 per layer and token type, with a
   shuffled-target control;
-- `attention_view(model, batch, path)`: a self-contained HTML page of every head's pattern.
+- `attention_view(model, batch, path)`: a self-contained HTML page of every head's pattern;
+- interventions: `ablate(model, components, how, reference)` and `steer(model, layer, vector)`
+  (context managers), `steering_vector(model, windows_a, windows_b, layer)`,
+  `rollout_effect(model_or_run, interventions, episodes, seed)` (what they do to the return)
+  and `return_sweep(run, targets)` (achieved return against the return-to-go target).
 
 `dtlens.interp.registry.INTERP` lists the run and study analyses built on them (the Diagnostic
 contract), which `dtlens reproduce` and the report iterate.
@@ -21,6 +25,11 @@ _EXPORTS = {
     "action_lens": "dtlens.interp.lens",
     "linear_probe": "dtlens.interp.probe",
     "attention_view": "dtlens.interp.viewer",
+    "ablate": "dtlens.interp.interventions",
+    "steer": "dtlens.interp.interventions",
+    "steering_vector": "dtlens.interp.interventions",
+    "rollout_effect": "dtlens.interp.rollouts",
+    "return_sweep": "dtlens.interp.rollouts",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

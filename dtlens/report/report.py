@@ -24,6 +24,7 @@ from dtlens.interp.registry import INTERP
 from dtlens.io import load_json, write_atomic
 from dtlens.report.components import components_section, direction
 from dtlens.report.document import Doc
+from dtlens.report.interventions import policy_section
 from dtlens.stats import Comparison, aggregate
 
 ROLES = ("random", "language", "image")
@@ -127,6 +128,7 @@ def write_report(root: str | Path) -> Path:
         summary += [[study.label, *row] for row in rows]
         for name, c in comparisons.items():
             by_finding.setdefault(name, {})[study.label] = c
+        policy_section(doc, study)
     doc.h("Summary", 2)
     doc.table(
         [

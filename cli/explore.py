@@ -19,7 +19,9 @@ def explore_cmd(
     path: Path = typer.Argument(
         ..., help="A run folder, a study or a reproduction (reproduce --out)."
     ),
-    port: int = typer.Option(8765, help="Port (0: any free one)."),
+    port: int = typer.Option(
+        None, help="Port (default 8765, where the report links; 0: any free one)."
+    ),
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on; 0.0.0.0 shares it on your network."
     ),
@@ -28,8 +30,9 @@ def explore_cmd(
     """Browse results in a web browser: Table 1 and curves over seeds; per run and epoch every
     head's attention, attribution, action lens, patching, ablation, CKA, gradients and a rollout
     replay. Computes what is missing from checkpoints, into the run's own folder. Ctrl-C stops."""
-    from dtlens.explore.server import make_server
+    from dtlens.explore.server import DEFAULT_PORT, make_server
 
+    port = DEFAULT_PORT if port is None else port
     try:
         server = make_server(path, host, port)
     except OSError as e:

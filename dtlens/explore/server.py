@@ -29,10 +29,11 @@ from dtlens.errors import DtlensError
 from dtlens.explore import replay, results
 from dtlens.explore.catalog import Catalog, Refused, check_id
 from dtlens.explore.jobs import Job, Jobs
+from dtlens.report.report import EXPLORER_PORT
 from dtlens.train.run import Run
 
 STATIC = Path(__file__).resolve().parent / "static"
-DEFAULT_PORT = 8765
+DEFAULT_PORT = EXPLORER_PORT
 MAX_REPLAY_STEPS = 1000
 #: The browser loads nothing from anywhere but this server (plotly styles inline, draws data:).
 CSP = (
@@ -115,7 +116,12 @@ class Explorer:
     def attention(self, query: dict) -> Job:
         run_id, run, epoch = self.run_epoch(query)
         window = self.int_param(query, "window", 0)
-        job = self.jobs.get(("attention", run_id, epoch), lambda p: results.attention(run, epoch))
+
+        def work(progress: Callable[[str], None]) -> dict:
+            progress(f"computing the attention of {run.name}, epoch {epoch}")
+            return results.attention(run, epoch)
+
+        job = self.jobs.get(("attention", run_id, epoch), work)
         return _then(job, lambda data: results.attention_window(data, window))
 
     def run_view(self, view: str, query: dict) -> Job:

@@ -7,6 +7,8 @@ const VIEWS = {
   gradients: "Gradients", replay: "Rollout replay",
 };
 const RUN_VIEWS = new Set(Object.keys(VIEWS).filter((v) => v !== "overview"));
+// Plotly's tool bar (zoom, pan, save as PNG) upright at the right, shown on hover.
+const CONFIG = { displaylogo: false, modeBarButtonsToRemove: ["sendDataToCloud"] };
 let RUNS = [];
 let state = {};
 const $ = (id) => document.getElementById(id);
@@ -59,10 +61,9 @@ function el(tag, attrs, parent, text) {
 
 function plot(parent, traces, layout, size) {
   const div = el("div", { class: "plot" }, parent);
-  const base = { margin: { l: 60, r: 20, t: 36, b: 50 }, width: size ? size[0] : 560,
+  const base = { margin: { l: 60, r: 20, t: 36, b: 50 }, modebar: { orientation: "v" }, width: size ? size[0] : 560,
                  height: size ? size[1] : 360, font: { size: 11 } };
-  Plotly.newPlot(div, traces, Object.assign(base, layout), { displaylogo: false,
-                 modeBarButtonsToRemove: ["sendDataToCloud"] });
+  Plotly.newPlot(div, traces, Object.assign(base, layout), CONFIG);
   return div;
 }
 
@@ -270,7 +271,7 @@ async function replay(view) {
     const layout = { width: 640, height: 300, margin: { l: 60, r: 10, t: 30, b: 60 },
                      title: { text: `attention at step ${step}`, font: { size: 11 } },
                      yaxis: { autorange: "reversed" }, xaxis: { tickfont: { size: 7 } } };
-    Plotly.react(heat, data, layout, { displaylogo: false });
+    Plotly.react(heat, data, layout, CONFIG);
   }
   slider.oninput = () => show(+slider.value);
   slider.onchange = () => history.replaceState(null, "", "#" + hashWith({ t: slider.value }));

@@ -16,6 +16,8 @@ import pytest
 import xarray as xr
 from PIL import Image
 
+from dtlens.errors import DtlensError
+from dtlens.explore import replay
 from dtlens.explore.browser import find_chromium, screenshot
 from dtlens.explore.server import make_server
 from dtlens.io import save_netcdf
@@ -250,3 +252,10 @@ def test_headless_chromium_draws_the_main_views(base, tmp_path):
         assert Image.open(out).size == (1000, 700)
         inked, coloured = _drawn(out)
         assert inked > 0.02 and coloured > 0.002, f"{view}: blank ({inked:.3f}, {coloured:.4f})"
+
+
+def test_replay_says_so_when_no_gl_backend_renders(monkeypatch):
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(replay, "BACKENDS", ("no-such-gl",))
+    with pytest.raises(DtlensError, match="neither MUJOCO_GL=egl nor osmesa renders here"):
+        replay.render_frames("Hopper-v5", np.zeros((1, 6)), np.zeros((1, 6)))

@@ -41,12 +41,15 @@ def explore_cmd(
         raise
     bound_host, bound_port = server.server_address[:2]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else bound_host}:{bound_port}/"
-    console.print(f"dtlens explore: {server.explorer.catalog.root} at {url}", highlight=False)
+    console.print(
+        f"dtlens explore: {server.explorer.catalog.root} at {url}", highlight=False, soft_wrap=True
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(
             f"listening on {host}: anyone who can reach this machine on port {bound_port} can "
             "browse these results and start computations",
             highlight=False,
+            soft_wrap=True,
         )
     if not no_browser:
         webbrowser.open(url)

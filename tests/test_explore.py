@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -70,7 +72,7 @@ def base(study):
     server.server_close()
 
 
-def fetch(url: str, wait: float = 120.0) -> tuple[int, bytes, dict]:
+def fetch(url: str, wait: float = 600.0) -> tuple[int, bytes, dict]:
     """GET `url`, polling while it answers 202 (computing)."""
     deadline = time.monotonic() + wait
     while True:
@@ -124,6 +126,9 @@ def test_attention_of_a_probe_window(base):
 
 def test_run_views_compute_what_is_missing_into_the_run(base, study, epoch=1):
     run = study / run_id(1)
+    outside = {
+        p: p.stat().st_mtime_ns for p in study.rglob("*") if p != run and run not in p.parents
+    }
     d = get_json(f"{base}/api/attribution?run={run_id(1)}&epoch={epoch}")
     assert d["component"][:2] == ["state_embed", "time_embed"] and "L1MLP" in d["component"]
     assert np.asarray(d["mean"]).shape == (len(d["component"]), 3)  # Hopper: 3 actions
@@ -141,6 +146,9 @@ def test_run_views_compute_what_is_missing_into_the_run(base, study, epoch=1):
     get_json(f"{base}/api/lens?run={run_id(1)}&epoch=2")  # the last epoch: as reproduce names it
     assert (run / "diagnostics" / "action_lens.nc").is_file()
     assert not list(run.rglob("*.lock"))  # locks released
+    assert {
+        p: p.stat().st_mtime_ns for p in study.rglob("*") if p != run and run not in p.parents
+    } == outside
 
 
 def test_ablation_read_when_present_else_how_to_compute_it(base):
@@ -259,3 +267,22 @@ def test_replay_says_so_when_no_gl_backend_renders(monkeypatch):
     monkeypatch.setattr(replay, "BACKENDS", ("no-such-gl",))
     with pytest.raises(DtlensError, match="neither MUJOCO_GL=egl nor osmesa renders here"):
         replay.render_frames("Hopper-v5", np.zeros((1, 6)), np.zeros((1, 6)))
+
+
+def test_cli_serves_on_a_free_port_and_says_where(study):
+    command = [sys.executable, "-c", "from cli.main import app; app()", "explore", str(study)]
+    server = subprocess.Popen(
+        [*command, "--no-browser", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line).group(1)
+        assert [r["id"] for r in get_json(url + "api/runs")["runs"]] == [run_id(s) for s in SEEDS]
+    finally:
+        server.terminate()
+        server.wait(10)
+    missing = subprocess.run(
+        [*command[:-1], str(study / "nothing")], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert "not a folder" in missing.stderr

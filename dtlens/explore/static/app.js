@@ -7,8 +7,11 @@ const VIEWS = {
   gradients: "Gradients", replay: "Rollout replay",
 };
 const RUN_VIEWS = new Set(Object.keys(VIEWS).filter((v) => v !== "overview"));
-// Plotly's tool bar (zoom, pan, save as PNG) upright at the right, shown on hover.
-const CONFIG = { displaylogo: false, modeBarButtonsToRemove: ["sendDataToCloud"] };
+// Hover names every value and dragging zooms (double click: back); no tool bar over the plots.
+const CONFIG = { displayModeBar: false };
+// Attention weights: white at 0, dark blue at 1, most of the range spent on small weights.
+const WEIGHTS = [[0, "#ffffff"], [0.05, "#deebf7"], [0.2, "#9ecae1"], [0.45, "#4292c6"],
+                 [0.7, "#2171b5"], [1, "#08306b"]];
 let RUNS = [];
 let state = {};
 const $ = (id) => document.getElementById(id);
@@ -61,7 +64,7 @@ function el(tag, attrs, parent, text) {
 
 function plot(parent, traces, layout, size) {
   const div = el("div", { class: "plot" }, parent);
-  const base = { margin: { l: 60, r: 20, t: 36, b: 50 }, modebar: { orientation: "v" }, width: size ? size[0] : 560,
+  const base = { margin: { l: 60, r: 20, t: 36, b: 50 }, width: size ? size[0] : 560,
                  height: size ? size[1] : 360, font: { size: 11 } };
   Plotly.newPlot(div, traces, Object.assign(base, layout), CONFIG);
   return div;
@@ -132,8 +135,9 @@ async function attention(view) {
     el("h3", {}, view, `block ${l}`);
     const row = el("div", { class: "row" }, view);
     heads.forEach((p, h) => {
-      plot(row, [{ z: p, x: d.labels.map((t, i) => `${i}:${t}`), y: d.labels.map((t, i) => `${i}:${t}`),
-                   type: "heatmap", colorscale: "Blues", reversescale: false, zmin: 0, zmax: 1,
+      const causal = p.map((r, q) => r.map((v, k) => (k > q ? null : v)));
+      plot(row, [{ z: causal, x: d.labels.map((t, i) => `${i}:${t}`), y: d.labels.map((t, i) => `${i}:${t}`),
+                   type: "heatmap", colorscale: WEIGHTS, zmin: 0, zmax: 1,
                    showscale: false, hovertemplate: "query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>" }],
            { title: { text: `L${l}H${h}: distance ${fmt(d.distance[l][h])}`, font: { size: 11 } },
              yaxis: { autorange: "reversed", showticklabels: n <= 30, tickfont: { size: 7 } },
@@ -162,7 +166,7 @@ async function attribution(view) {
   plot(row, [{ z: d.mean, y: d.component, x: d.mean[0].map((_, i) => `action ${i}`), type: "heatmap",
                colorscale: "RdBu", zmid: 0 }],
        { title: { text: "mean contribution per action dimension" },
-         yaxis: { autorange: "reversed" } }, [460, 360]);
+         yaxis: { autorange: "reversed", automargin: true } }, [480, 360]);
 }
 
 async function lens(view) {
@@ -241,7 +245,8 @@ async function gradients(view) {
          showlegend: false }, [360, 340]);
   plot(row, [{ x: d.share_mean, y: d.tensor, type: "bar", orientation: "h" }],
        { title: { text: `top tensors' share of the squared norm (confusion ${fmt(d.confusion, 3)})` },
-         yaxis: { autorange: "reversed", tickfont: { size: 8 } }, margin: { l: 230, r: 10, t: 36, b: 40 } },
+         yaxis: { autorange: "reversed", tickfont: { size: 8 }, automargin: true },
+         margin: { l: 60, r: 10, t: 36, b: 40 } },
        [620, 340]);
 }
 
@@ -266,7 +271,7 @@ async function replay(view) {
     const rows = [], z = [];
     d.attention[step].forEach((heads, l) => heads.forEach((a, h) => { rows.push(`L${l}H${h}`); z.push(a); }));
     const data = [{ z: z, x: d.labels[step].map((s, i) => `${i}:${s}`), y: rows, type: "heatmap",
-                    colorscale: "Blues", zmin: 0, zmax: 1,
+                    colorscale: WEIGHTS, zmin: 0, zmax: 1,
                     hovertemplate: "%{y} -> %{x}: %{z:.3f}<extra></extra>" }];
     const layout = { width: 640, height: 300, margin: { l: 60, r: 10, t: 30, b: 60 },
                      title: { text: `attention at step ${step}`, font: { size: 11 } },

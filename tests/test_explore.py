@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 from PIL import Image
+from typer.testing import CliRunner
 
+from cli.main import app
 from dtlens.errors import DtlensError
 from dtlens.explore import replay
 from dtlens.explore.browser import find_chromium, screenshot
@@ -281,8 +283,5 @@ def test_cli_serves_on_a_free_port_and_says_where(study):
     finally:
         server.terminate()
         server.wait(10)
-    missing = subprocess.run(
-        [*command[:-1], str(study / "nothing")], capture_output=True, text=True
-    )
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
-    assert "not a folder" in missing.stderr
+    missing = CliRunner().invoke(app, ["explore", str(study / "nothing")])
+    assert missing.exit_code == 1 and "not a folder" in missing.output

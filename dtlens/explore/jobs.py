@@ -44,9 +44,10 @@ class Job:
 
 
 class Jobs:
-    """At most `workers` jobs at a time; the `keep` most recently asked finished ones are kept."""
+    """At most `workers` jobs at a time; the `keep` most recently asked finished ones are kept
+    (a replay of 1000 steps holds ~50 MB of frames)."""
 
-    def __init__(self, workers: int = 2, keep: int = 64):
+    def __init__(self, workers: int = 2, keep: int = 16):
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dtlens-explore")
         self._jobs: OrderedDict[Hashable, Job] = OrderedDict()
         self._lock = threading.Lock()

@@ -92,6 +92,7 @@ def table1(catalog: Catalog) -> dict:
                 rows.append([who, *_mean_std(scores), scores, *paper])
             tables.append(
                 {
+                    "kind": "table1",
                     "title": f"{label}: normalized score, K=20, last epoch (Table 1)",
                     "header": ["init", "mean", "std", "per seed", "paper mean", "paper std"],
                     "rows": rows,
@@ -117,6 +118,7 @@ def table1(catalog: Catalog) -> dict:
         )
     tables.append(
         {
+            "kind": "conditions",
             "title": "every condition: last epoch, mean and std over seeds",
             "header": ["condition", "seeds", "score", "std", "action MSE", "std"],
             "rows": rows,

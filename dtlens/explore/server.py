@@ -71,6 +71,7 @@ class Explorer:
     """The state one server shares between its request threads."""
 
     def __init__(self, root: str | Path, workers: int = 2):
+        """`workers` computations at a time (the others queue)."""
         self.catalog = Catalog(root)
         self.jobs = Jobs(workers)
         self.static = static_files()
@@ -129,8 +130,13 @@ class Explorer:
         job = self.jobs.get(
             (view, run_id, epoch), lambda p: results.run_result(view, run, epoch, p)
         )
-        extra = {"training": results.training_gradients(run)} if view == "gradients" else {}
-        return _then(job, lambda ds: results.describe(view, ds) | extra | {"epoch": epoch})
+
+        def shape(ds: Any) -> dict:
+            training = view == "gradients"  # the training steps' norms beside the epoch's
+            extra = {"training": results.training_gradients(run)} if training else {}
+            return results.describe(view, ds) | extra | {"epoch": epoch}
+
+        return _then(job, shape)
 
     def ablation(self, query: dict) -> dict:
         return results.ablation(self.run(query)[1])

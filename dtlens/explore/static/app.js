@@ -88,7 +88,7 @@ async function overview(view) {
   const [t1, curves] = await Promise.all([api("table1"), api("curves")]);
   for (const t of t1.tables) {
     el("h3", {}, view, t.title);
-    const rows = t.rows.map((r) => t.header.length === 6 && Array.isArray(r[3])
+    const rows = t.rows.map((r) => t.kind === "table1"
       ? [r[0], fmt(r[1], 1), fmt(r[2], 1), r[3].map((x) => fmt(x, 1)).join(", "), fmt(r[4], 1), fmt(r[5], 1)]
       : [r[0], r[1].join(", "), fmt(r[2], 1), fmt(r[3], 1), fmt(r[4], 4), fmt(r[5], 4)]);
     table(view, t.header, rows);

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from dtlens.errors import DtlensError
 from dtlens.explore import replay, results
 from dtlens.explore.catalog import Catalog, Refused, check_id
-from dtlens.explore.jobs import Job, Jobs
+from dtlens.explore.jobs import Job, Jobs, Progress
 from dtlens.report.report import EXPLORER_PORT
 from dtlens.train.run import Run
 
@@ -118,7 +118,7 @@ class Explorer:
         run_id, run, epoch = self.run_epoch(query)
         window = self.int_param(query, "window", 0)
 
-        def work(progress: Callable[[str], None]) -> dict:
+        def work(progress: Progress) -> dict:
             progress(f"computing the attention of {run.name}, epoch {epoch}")
             return results.attention(run, epoch)
 
@@ -141,20 +141,19 @@ class Explorer:
     def ablation(self, query: dict) -> dict:
         return results.ablation(self.run(query)[1])
 
-    def replay_job(self, query: dict) -> tuple[Job, tuple]:
+    def replay_job(self, query: dict) -> Job:
         run_id, run, epoch = self.run_epoch(query)
         steps = self.int_param(query, "steps", 200)
         if not 1 <= steps <= MAX_REPLAY_STEPS:
             raise BadRequest(f"steps must lie in 1..{MAX_REPLAY_STEPS}, got {steps}")
         key = ("replay", run_id, epoch, steps)
-        return self.jobs.get(key, lambda p: replay.replay(run, epoch, steps, p)), key
+        return self.jobs.get(key, lambda p: replay.replay(run, epoch, steps, p))
 
     def replay(self, query: dict) -> Job:
-        job, _ = self.replay_job(query)
-        return _then(job, lambda r: r.summary())
+        return _then(self.replay_job(query), lambda r: r.summary())
 
     def frame(self, query: dict) -> bytes:
-        job, _ = self.replay_job(query)
+        job = self.replay_job(query)
         if job.status != "done":
             raise BadRequest("the replay is not computed yet: ask /api/replay first")
         t = self.int_param(query, "t")

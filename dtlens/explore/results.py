@@ -199,7 +199,7 @@ def run_result(view: str, run: Run, epoch: int, progress: Progress) -> xr.Datase
     with file_lock(path, progress):
         if (ds := _saved(path, epoch)) is not None:  # another explorer wrote it meanwhile
             return ds
-        progress(f"computing {diag.title.lower()} of {run.name}, epoch {epoch}")
+        progress(f"computing {diag.name} of {run.name}, epoch {epoch} (saved as {path.name})")
         options = {"epochs": (0, epoch)} if view == "cka" else {"epoch": epoch}
         return diag.write(run, stem=stem, **options).ds
 

@@ -3,7 +3,7 @@
     python scripts/explore_screenshots.py ROOT RUN_ID OUT [--epoch E] [--window W] [--steps N]
 
 serves ROOT on a free loopback port, computes each view of run RUN_ID (an id as `/api/runs`
-lists it, e.g. runs/text-K20-e4-s1) first, then saves OUT/{view}.png.
+lists it, e.g. runs/text-K20-e4-s1) first, then saves OUT/{view}.png (`--t`: the replay step).
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def main() -> None:
     parser.add_argument("--epoch", type=int, default=-1)
     parser.add_argument("--window", type=int, default=0)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--t", type=int, default=0, help="The replay's step shown.")
     parser.add_argument("--views", default=",".join(VIEWS))
     args = parser.parse_args()
     server = make_server(args.root, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    query = f"run={args.run}&epoch={args.epoch}&window={args.window}&steps={args.steps}"
+    query = f"run={args.run}&epoch={args.epoch}&window={args.window}&steps={args.steps}&t={args.t}"
     for view in args.views.split(","):
         print(view, flush=True)
         api = "table1" if view == "overview" else view

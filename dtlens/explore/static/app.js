@@ -237,8 +237,9 @@ async function gradients(view) {
              { x: t.step, y: t.clip_coef, mode: "lines", name: "clip coefficient", yaxis: "y2" }],
        { title: { text: "training: gradient norm per step (before clipping)" },
          yaxis: { type: "log", title: { text: "norm" } },
-         yaxis2: { overlaying: "y", side: "right", range: [0, 1.05], title: { text: "clip coef" } },
-         xaxis: { title: { text: "step" } } }, [560, 340]);
+         yaxis2: { overlaying: "y", side: "right", type: "linear", range: [0, 1.05],
+                   title: { text: "clip coefficient" } },
+         legend: { orientation: "h", y: -0.25 }, xaxis: { title: { text: "step" } } }, [560, 380]);
   plot(row, [{ y: d.norm, type: "box", name: "before clipping" },
              { y: d.norm_clipped, type: "box", name: "after clipping" }],
        { title: { text: `epoch ${d.epoch}: per-sample gradient norm` }, yaxis: { type: "log" },

@@ -7,7 +7,12 @@ OUT ?= runs/mini
 SMOKE_INPUTS ?= runs/paper-inputs
 SMOKE_OUT ?= runs/paper-smoke
 
-.PHONY: venv demo test test-fast smoke lint format bench clean
+# Debian packages the explorer needs (`dtlens explore`): headless Chromium for its page test,
+# EGL (else OSMesa) for MuJoCo's offscreen frames in its rollout replay. Installed when missing
+# (as root, with apt-get); otherwise said once.
+SYSTEM_PACKAGES := chromium libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
+
+.PHONY: venv demo test test-fast smoke lint format bench clean system-packages
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,15 +20,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) system-packages
+
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done); \
+	if [ -z "$$missing" ] || ! command -v dpkg >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "missing Debian packages (explorer test, rollout replay): $$missing; as root: apt-get install $$missing"; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/dtlens reproduce --preset mini --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-packages
 	$(BIN)/pytest -q -m "not slow"
 
 # The paper preset at the real sizes on its three tasks, smoke budget: stand-in inputs

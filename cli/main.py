@@ -27,3 +27,4 @@ from cli import attention  # noqa: E402,F401
 from cli import import_hf  # noqa: E402,F401
 from cli import interp  # noqa: E402,F401
 from cli import interventions  # noqa: E402,F401
+from cli import explore  # noqa: E402,F401

@@ -28,6 +28,8 @@ from dtlens.report.interventions import policy_section
 from dtlens.stats import Comparison, aggregate
 
 ROLES = ("random", "language", "image")
+#: `dtlens explore`'s default port: the report links to the explorer there.
+EXPLORER_PORT = 8765
 
 
 def _open(path: Path) -> xr.Dataset | None:
@@ -109,6 +111,11 @@ def write_report(root: str | Path) -> Path:
         "`dtlens.stats.compare`: **holds** when the 95% interval of the difference of means "
         "excludes 0 on the paper's side, **contradicted** when it excludes 0 on the other side, "
         "**undetermined** otherwise (and always with fewer than 2 seeds a side)."
+    )
+    doc.p(
+        f"Browse every run, epoch and head (attention, attribution, lens, patching, CKA, "
+        f"gradients, rollout replay): `dtlens explore {root}`, then open "
+        f"[the explorer](http://127.0.0.1:{EXPLORER_PORT}/)."
     )
     summary: list[list[object]] = []
     by_finding: dict[str, dict[str, Comparison]] = {}  # diagnostic -> task -> comparison

@@ -1,4 +1,4 @@
-"""`dtlens pretrain text|image`: build the mini preset's embedded backbones."""
+"""`dtlens pretrain text|image|synthetic`: build the mini preset's embedded backbones."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dtlens.errors import DtlensError
 from dtlens.pretrain import STEPS
 
 pretrain_app = typer.Typer(
-    help="Pretrain the mini preset's tiny language (text) and image backbones.",
+    help="Pretrain the mini preset's language (text), image and synthetic backbones.",
     no_args_is_help=True,
 )
 app.add_typer(pretrain_app, name="pretrain")
@@ -103,6 +103,30 @@ def image_cmd(
     _report("image", result)
 
 
+@pretrain_app.command("synthetic")
+@user_errors
+def synthetic_cmd(
+    states: int = typer.Option(100, min=2, help="The chain's state space (its vocabulary)."),
+    order: int = typer.Option(1, min=1, help="How many previous tokens the chain conditions on."),
+    temperature: float = typer.Option(1.0, min=1e-6, help="Softmax temperature of the chain."),
+    steps: int = typer.Option(STEPS["synthetic"], min=1, help="Optimiser steps."),
+    seed: int = SEED,
+    out: Path | None = OUT,
+    threads: int | None = THREADS,
+) -> None:
+    """GPT-2 family (LayerNorm, gelu_new) of the mini size, on random Markov-chain sequences
+    (Wang et al. 2024): the control for what language pretraining gives."""
+    from dtlens.pretrain import synthetic
+
+    _threads(threads)
+    if states**order > 1_000_000:
+        raise DtlensError(f"states**order = {states**order:,}: at most 1,000,000 contexts")
+    result = synthetic.build(
+        steps=steps, seed=seed, out=out, states=states, order=order, temperature=temperature
+    )
+    console.print(summary("synthetic", result))
+
+
 def _threads(threads: int | None) -> None:
     if threads is not None:
         import torch
@@ -125,6 +149,13 @@ def _report(kind: str, result) -> None:
         console.print(summary(kind, result))
 
 
+def _matches(kind: str, path: Path) -> str:
+    from dtlens.pretrain.manifest import matches_manifest
+
+    same = matches_manifest(kind, path)
+    return {None: "no manifest entry", True: "yes: same weights", False: "no: other weights"}[same]
+
+
 def summary(kind: str, result) -> Table:
     m = result.meta
     gain = m["unigram_loss"] - m["heldout_loss"]
@@ -144,6 +175,7 @@ def summary(kind: str, result) -> Table:
         ("file", str(result.path)),
         ("size", f"{result.size_bytes / 1e6:.2f} MB"),
         ("rebuild", m["command"]),
+        ("matches the embedded asset", _matches(kind, result.path)),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from dtlens.model.checkpoint import load_model
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
 from dtlens.model.inits import resolve_backbone
+from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
 
 
 def hook_patterns(names: list[str]) -> list[str]:
@@ -20,6 +22,34 @@ def hook_patterns(names: list[str]) -> list[str]:
     for n in names:
         seen[re.sub(r"blocks\.\d+\.", "blocks.{i}.", n)] = None
     return list(seen)
+
+
+def pretraining_record(name: str) -> dict[str, object] | None:
+    """How the embedded backbone `name` (or a backbone .safetensors file) was pretrained: corpus,
+    tokens_seen, held-out and unigram perplexity (the floor a trained LM must beat) and the
+    command that rebuilds it; None for anything else."""
+    if name in EMBEDDED_BACKBONES:
+        path = embedded_backbone_path(name)
+    elif name.endswith(".safetensors") and read_header(name).get("kind") == "backbone":
+        path = Path(name)
+    else:
+        return None
+    header = read_header(path)
+    meta = header.get("meta", {})
+    if "heldout_loss" not in meta:
+        return None
+    # The fixed-step builds record steps x batch rows of n_ctx targets.
+    seen = meta.get("tokens_seen", meta["steps"] * meta["batch_size"] * header["n_ctx"])
+    heldout, unigram = math.exp(meta["heldout_loss"]), math.exp(meta["unigram_loss"])
+    return {
+        "corpus": meta["corpus"],
+        "tokens_seen": seen,
+        "heldout_perplexity": round(heldout, 3),
+        "unigram_perplexity": round(unigram, 3),
+        "perplexity_ratio": round(heldout / unigram, 4),
+        "command": meta["command"],
+        "file": str(path),
+    }
 
 
 def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], list[str]]:

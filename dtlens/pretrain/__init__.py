@@ -5,4 +5,4 @@
 """
 
 #: Optimiser steps of each embedded backbone's build (the committed assets used these).
-STEPS = {"text": 600, "image": 400}
+STEPS = {"text": 600, "image": 400, "synthetic": 600}

@@ -108,6 +108,7 @@ def build(
         Settings(steps=steps, seed=seed, batch_size=batch_size, lr=LR),
         out,
         progress,
+        flags="--corpus digits",
     )
 
 

@@ -119,11 +119,12 @@ def pretrain(
     settings: Settings,
     out: Path | None = None,
     progress: bool = True,
+    flags: str = "",
 ) -> Result:
     """Build the corpus, train a fresh `cfg` backbone on it, evaluate it, and save it with its
-    record to `out` (default: the dtlens cache)."""
+    record to `out` (default: the dtlens cache). `flags`: the corpus's options in the command."""
     start = time.perf_counter()
-    command = f"dtlens pretrain {kind} --steps {settings.steps} --seed {settings.seed}"
+    command = f"dtlens pretrain {kind} {flags} --steps {settings.steps} --seed {settings.seed}"
     if out is not None:
         command += f" --out {out}"
     corpus = make_corpus()

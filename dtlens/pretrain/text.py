@@ -117,6 +117,7 @@ def build(
         Settings(steps=steps, seed=seed, batch_size=batch_size, lr=LR),
         out,
         progress,
+        flags="--corpus pydoc",
     )
 
 

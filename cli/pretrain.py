@@ -57,7 +57,7 @@ def text_cmd(
 
     _threads(threads)
     if corpus == "pydoc":
-        console.print(summary("text", text.build(steps=steps or STEPS["text"], seed=seed, out=out)))
+        _report("text", text.build(steps=steps or STEPS["text"], seed=seed, out=out))
         return
     if corpus != "debian-docs":
         raise DtlensError(f"unknown corpus {corpus!r}: expected debian-docs or pydoc")
@@ -90,9 +90,7 @@ def image_cmd(
 
     _threads(threads)
     if corpus == "digits":
-        console.print(
-            summary("image", image.build(steps=steps or STEPS["image"], seed=seed, out=out))
-        )
+        _report("image", image.build(steps=steps or STEPS["image"], seed=seed, out=out))
         return
     if corpus != "fashion-mnist":
         raise DtlensError(f"unknown corpus {corpus!r}: expected fashion-mnist or digits")
@@ -124,7 +122,7 @@ def synthetic_cmd(
     result = synthetic.build(
         steps=steps, seed=seed, out=out, states=states, order=order, temperature=temperature
     )
-    console.print(summary("synthetic", result))
+    _report("synthetic", result)
 
 
 def _threads(threads: int | None) -> None:
@@ -143,20 +141,22 @@ def _log(line: str) -> None:
 
 
 def _report(kind: str, result) -> None:
+    """The summary, with whether the weights are the embedded asset's; writing the asset itself
+    (--out dtlens/assets/backbones/NAME.safetensors) enters it in the manifest."""
+    from dtlens.paths import BACKBONE_ASSETS
+    from dtlens.pretrain.manifest import matches_manifest, record
+
     if result is None:
         console.print(f"{kind}: not plateaued yet; the same command resumes")
-    else:
-        console.print(summary(kind, result))
+        return
+    same = matches_manifest(kind, result.path)
+    match = {None: "no manifest entry", True: "yes: same weights", False: "no: other weights"}
+    console.print(summary(kind, result, match[same]))
+    if result.path.resolve() == (BACKBONE_ASSETS / f"{kind}.safetensors").resolve():
+        console.print(f"manifest: {record(kind, result.meta['command'])}")
 
 
-def _matches(kind: str, path: Path) -> str:
-    from dtlens.pretrain.manifest import matches_manifest
-
-    same = matches_manifest(kind, path)
-    return {None: "no manifest entry", True: "yes: same weights", False: "no: other weights"}[same]
-
-
-def summary(kind: str, result) -> Table:
+def summary(kind: str, result, matches: str) -> Table:
     m = result.meta
     gain = m["unigram_loss"] - m["heldout_loss"]
     table = Table(title=f"pretrained {kind} backbone", show_header=False)
@@ -175,7 +175,7 @@ def summary(kind: str, result) -> Table:
         ("file", str(result.path)),
         ("size", f"{result.size_bytes / 1e6:.2f} MB"),
         ("rebuild", m["command"]),
-        ("matches the embedded asset", _matches(kind, result.path)),
+        ("same as the embedded asset", matches),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.errors import DtlensError
+from dtlens.experiments.reproduce import reproduce
 from dtlens.model.backbones import backbone_config
 from dtlens.model.checkpoint import load_backbone_file
 from dtlens.model.controls import base_init, matched, shuffled, split_control
 from dtlens.model.inits import resolve_backbone
 from dtlens.pretrain import synthetic
+from dtlens.report.report import write_report
 from tests.conftest import TINY
+from tests.test_reproduce import tiny_preset
 
 
 def params(model) -> dict[str, torch.Tensor]:
@@ -95,3 +101,39 @@ def test_synthetic_trains_below_its_unigram_floor(tmp_path):
     assert meta["heldout_loss"] < meta["unigram_loss"] - 0.05
     model = load_backbone_file(out)
     assert model.cfg.d_vocab == 8 and backbone_config(model).act_fn == "gelu_new"
+
+
+def test_entropy_rate_of_known_chains():
+    cycle = torch.roll(torch.eye(4, dtype=torch.float64), 1, dims=1)
+    assert synthetic.entropy_rate(cycle) == pytest.approx(0.0, abs=1e-12)
+    uniform = torch.full((9, 3), 1 / 3, dtype=torch.float64)
+    assert synthetic.entropy_rate(uniform) == pytest.approx(math.log(3))
+    # Order 1, two states: stationary (b, a) / (a + b) for flip probabilities a (0->1), b (1->0).
+    a, b = 0.2, 0.6
+    table = torch.tensor([[1 - a, a], [b, 1 - b]], dtype=torch.float64)
+    h = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    assert synthetic.entropy_rate(table) == pytest.approx((b * h(a) + a * h(b)) / (a + b))
+
+
+@pytest.mark.slow
+def test_every_diagnostic_runs_on_synthetic_and_a_control(hopper_file, tmp_path):
+    """The tiny reproduction with `synthetic` as the language init and `shuffled:` of it as the
+    image init: every run and study diagnostic and the report come out."""
+    syn = synthetic.build(
+        steps=2, out=tmp_path / "synthetic.safetensors", size=TINY, batch_size=4, states=8,
+        n_ctx=16, progress=False,
+    ).path  # fmt: skip
+    preset = dataclasses.replace(
+        tiny_preset(hopper_file, tmp_path), language=str(syn), image=f"shuffled:{syn}"
+    )
+    logs: list[str] = []
+    out = write_report(reproduce(preset, tmp_path / "repro", workers=1, log=logs.append)).parent
+    assert "FAILED" not in "\n".join(logs), logs
+    runs = {p.name.split("-K")[0] for p in (out / "hopper" / "runs").iterdir()}
+    assert {"synthetic", "shuffled-synthetic", "random"} <= runs, runs
+    main = next((out / "hopper" / "runs").glob("shuffled-synthetic-K20-*"))
+    for name in ("cka", "weights", "gradients", "mutual_info", "attribution", "action_lens"):
+        assert (main / "diagnostics" / f"{name}.nc").is_file(), name
+    for study in ("no_context", "block_swap", "cross_patching"):
+        assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file(), study
+    assert "Summary" in (out / "report.md").read_text()

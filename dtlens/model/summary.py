@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
+import dtlens.paths
+from dtlens.io import load_json
 from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, read_header
 from dtlens.model.checkpoint import load_model
 from dtlens.model.config import DTConfig
@@ -41,14 +43,19 @@ def pretraining_record(name: str) -> dict[str, object] | None:
     # The fixed-step builds record steps x batch rows of n_ctx targets.
     seen = meta.get("tokens_seen", meta["steps"] * meta["batch_size"] * header["n_ctx"])
     heldout, unigram = math.exp(meta["heldout_loss"]), math.exp(meta["unigram_loss"])
+    assets = dtlens.paths.BACKBONE_ASSETS
+    manifest = assets / "manifest.json"  # the embedded ones' rebuild command and hash
+    shipped = path.parent == assets and manifest.is_file()
+    entry = load_json(manifest).get(path.stem, {}) if shipped else {}
     return {
         "corpus": meta["corpus"],
         "tokens_seen": seen,
         "heldout_perplexity": round(heldout, 3),
         "unigram_perplexity": round(unigram, 3),
         "perplexity_ratio": round(heldout / unigram, 4),
-        "command": meta["command"],
+        "command": entry.get("command", meta["command"]),
         "file": str(path),
+        "sha256": entry.get("sha256"),
     }
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dtlens import paths
 from dtlens.data.manifest import arrays_sha256, read_manifest, update_manifest
 from dtlens.io import file_sha256, load_tensors
-from dtlens.paths import BACKBONE_ASSETS
 
 
 def weights_sha256(path: Path) -> str:
@@ -28,12 +28,13 @@ def backbone_entry(path: Path, command: str) -> dict[str, Any]:
     }
 
 
-def record(name: str, command: str, folder: Path = BACKBONE_ASSETS) -> Path:
+def record(name: str, command: str, folder: Path | None = None) -> Path:
     """Enter the embedded backbone `name` (folder/NAME.safetensors) in the manifest."""
+    folder = folder or paths.BACKBONE_ASSETS
     return update_manifest(folder, name, backbone_entry(folder / f"{name}.safetensors", command))
 
 
-def matches_manifest(name: str, path: Path, folder: Path = BACKBONE_ASSETS) -> bool | None:
+def matches_manifest(name: str, path: Path, folder: Path | None = None) -> bool | None:
     """Whether the weights at `path` are the embedded `name`'s bit for bit (None: not embedded)."""
-    entry = read_manifest(folder).get(name)
+    entry = read_manifest(folder or paths.BACKBONE_ASSETS).get(name)
     return None if entry is None else weights_sha256(path) == entry["weights_sha256"]

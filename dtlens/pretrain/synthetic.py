@@ -37,6 +37,23 @@ def transition_table(states: int, order: int, temperature: float, seed: int = 0)
     return torch.softmax(logits / temperature, dim=1)
 
 
+def entropy_rate(table: Tensor, iterations: int = 1000) -> float:
+    """The chain's entropy rate (nats/token): the loss of a model that knows the chain, the floor
+    no LM can beat. Its stationary distribution over contexts comes from power iteration."""
+    contexts, states = table.shape
+    following = ((torch.arange(contexts) * states) % contexts)[:, None] + torch.arange(states)
+    pi = torch.full((contexts,), 1.0 / contexts, dtype=torch.float64)
+    for _ in range(iterations):
+        new = torch.zeros_like(pi).index_add_(
+            0, following.flatten(), (pi[:, None] * table).flatten()
+        )
+        converged = float((new - pi).abs().sum()) < 1e-13
+        pi = new
+        if converged:
+            break
+    return float((pi * -torch.special.xlogy(table, table).sum(1)).sum())
+
+
 def sample(table: Tensor, order: int, rows: int, length: int, gen: torch.Generator) -> Tensor:
     """(rows, length) token sequences from the chain of `table`."""
     states = table.shape[1]
@@ -70,6 +87,7 @@ def corpus(
             "corpus": f"random Markov chain: {states} states, order {order}, "
             f"temperature {temperature} (Wang et al. 2024)",
             "chain": {"states": states, "order": order, "temperature": temperature},
+            "entropy_rate": round(entropy_rate(table), 4),
             "tokenizer": "chain states",
         },
     )

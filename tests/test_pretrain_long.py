@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
 
 import numpy as np
@@ -131,3 +132,5 @@ def test_a_run_that_plateaus_saves_its_record(tmp_path):
     assert result is not None and meta == result.meta
     assert meta["steps"] == 4 and meta["tokens_seen"] == 4 * 4 * 16 and meta["command"] == "cmd"
     assert meta["heldout_loss"] == meta["curve_tail"][-1]["heldout_loss"]
+    curve = json.loads((tmp_path / "tiny.curve.json").read_text())["curve"]
+    assert [p["step"] for p in curve] == [2, 4]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from dtlens.errors import DtlensError
-from dtlens.io import load_tensors, save_json, save_tensors
+from dtlens.io import load_tensors, save_json, save_tensors, write_atomic
 from dtlens.model.backbones import init_gpt2_, load_params, new_backbone, save_backbone
 from dtlens.model.config import BackboneConfig
 from dtlens.paths import backbone_cache_path
@@ -229,6 +231,7 @@ class LongRun:
 
 CHECKPOINT = "checkpoint.safetensors"
 CURVE = "curve.json"
+TOKENIZER = "tokenizer.json"
 
 
 def pretrain_until_plateau(
@@ -324,7 +327,13 @@ def pretrain_until_plateau(
         "command": command,
     }
     path = Path(out) if out is not None else backbone_cache_path(kind)
-    return Result(save_backbone(model, path, **meta), meta)
+    result = Result(save_backbone(model, path, **meta), meta)
+    for name in (CURVE, TOKENIZER):  # the learning curve and the tokenizer go with the weights
+        if (workdir / name).is_file():
+            write_atomic(
+                path.with_name(f"{path.stem}.{name}"), partial(shutil.copyfile, workdir / name)
+            )
+    return result
 
 
 def _advance_plateau(state: dict, heldout: float, run: LongRun) -> None:

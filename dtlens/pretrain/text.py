@@ -27,7 +27,15 @@ from dtlens.io import file_sha256, load_tensors, save_tensors
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.paths import cache_dir
 from dtlens.pretrain import STEPS, english
-from dtlens.pretrain.loop import Corpus, LongRun, Result, Settings, pretrain, pretrain_until_plateau
+from dtlens.pretrain.loop import (
+    TOKENIZER,
+    Corpus,
+    LongRun,
+    Result,
+    Settings,
+    pretrain,
+    pretrain_until_plateau,
+)
 
 FAMILY = "gpt2"
 N_CTX = 128
@@ -129,7 +137,7 @@ def english_corpus(
     made once and kept in `workdir` (tokenizer.json, tokens.safetensors)."""
     from tokenizers import Tokenizer
 
-    tokens_path, tok_path = workdir / "tokens.safetensors", workdir / "tokenizer.json"
+    tokens_path, tok_path = workdir / "tokens.safetensors", workdir / TOKENIZER
     if not tokens_path.is_file():
         docs = english.split()
         tok = english.train_tokenizer(docs.train, vocab_size)

@@ -63,6 +63,11 @@ def test_palette_is_kmeans_of_the_pixels_and_tokens_round_to_it():
     assert rows.tolist() == [[2, 0, 1, 0, 1]]
 
 
+def test_downsample_takes_block_means():
+    images = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)
+    assert fashion.downsample(images, side=2).tolist() == [[[2, 4], [10, 12]]]
+
+
 def test_fashion_mnist_reads_if_installed():
     if not (fashion.ROOT / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed")

@@ -112,17 +112,18 @@ def build(
     )
 
 
-#: The Fashion-MNIST run: 8 images (6,272 tokens) a step.
-FASHION_RUN = LongRun(batch_size=8)
+#: The Fashion-MNIST run: 32 images (6,272 tokens) a step.
+FASHION_RUN = LongRun(batch_size=32)
 
 
 def fashion_corpus() -> Corpus:
-    train = fashion.read_images("train")
+    train = fashion.downsample(fashion.read_images("train"))
     centres = fashion.palette(train)
     rows = fashion.tokens(train, centres)
+    heldout = fashion.downsample(fashion.read_images("t10k")[: fashion.HELDOUT])
     return Corpus(
         train=rows,
-        heldout=fashion.tokens(fashion.read_images("t10k")[: fashion.HELDOUT], centres),
+        heldout=fashion.tokens(heldout, centres),
         train_tokens=rows[:, 1:],
         d_vocab=len(centres) + 1,
         meta={

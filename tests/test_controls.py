@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.errors import DtlensError
-from dtlens.experiments.reproduce import reproduce
+from dtlens.experiments.reproduce import plan, reproduce
 from dtlens.model.backbones import backbone_config
 from dtlens.model.checkpoint import load_backbone_file
 from dtlens.model.controls import base_init, matched, shuffled, split_control
@@ -131,9 +131,11 @@ def test_every_diagnostic_runs_on_synthetic_and_a_control(hopper_file, tmp_path)
     assert "FAILED" not in "\n".join(logs), logs
     runs = {p.name.split("-K")[0] for p in (out / "hopper" / "runs").iterdir()}
     assert {"synthetic", "shuffled-synthetic", "random"} <= runs, runs
-    main = next((out / "hopper" / "runs").glob("shuffled-synthetic-K20-*"))
-    for name in ("cka", "weights", "gradients", "mutual_info", "attribution", "action_lens"):
-        assert (main / "diagnostics" / f"{name}.nc").is_file(), name
+    (p,) = plan(preset)
+    for who in ("language", "image"):  # synthetic, shuffled:synthetic
+        main = out / "hopper" / "runs" / p.main[(who, 666)].name
+        for name in ("cka", "weights", "gradients", "mutual_info", "attribution", "action_lens"):
+            assert (main / "diagnostics" / f"{name}.nc").is_file(), (who, name)
     for study in ("no_context", "block_swap", "cross_patching"):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file(), study
     assert "Summary" in (out / "report.md").read_text()

@@ -139,3 +139,13 @@ def test_every_diagnostic_runs_on_synthetic_and_a_control(hopper_file, tmp_path)
     for study in ("no_context", "block_swap", "cross_patching"):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file(), study
     assert "Summary" in (out / "report.md").read_text()
+
+
+def test_run_names_say_the_control_and_its_source():
+    from dtlens.experiments.studies import run_name
+    from dtlens.train.config import TrainConfig
+
+    cfg = TrainConfig()
+    assert run_name(cfg.replace(init="shuffled:/x/lang.safetensors")).startswith("shuffled-lang-K")
+    assert run_name(cfg.replace(init="matched:text")).startswith("matched-text-K")
+    assert run_name(cfg.replace(init="/x/lang.safetensors")).startswith("lang-K")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import dtlens.io
 import dtlens.paths
 from cli.main import app
 from dtlens.errors import DtlensError
@@ -158,3 +159,20 @@ def test_rebuilding_an_asset_records_it_and_says_whether_the_weights_match(tmp_p
     assert record["sha256"] == manifest["image"]["sha256"]
     assert record["tokens_seen"] == 64 * 64  # one step of 64 images, 64 pixels each
     assert record["heldout_perplexity"] > 1 and record["unigram_perplexity"] > 1
+
+
+def test_a_shipped_backbone_that_differs_from_its_manifest_is_refused(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(backbone_path("image"), assets / "image.safetensors")
+    entry = {"file": "image.safetensors", "sha256": "0" * 64, "command": "dtlens pretrain image"}
+    (assets / "manifest.json").write_text(json.dumps({"image": entry}))
+    monkeypatch.setattr(dtlens.paths, "BACKBONE_ASSETS", assets)
+    with pytest.raises(DtlensError, match="sha256 differs.*dtlens pretrain image"):
+        resolve_backbone("image")
+    entry["sha256"] = dtlens.io.file_sha256(assets / "image.safetensors")
+    (assets / "manifest.json").write_text(json.dumps({"image": entry}))
+    assert backbone_config(resolve_backbone("image").cfg).normalization_type == "RMS"

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
+import dtlens.paths
 from dtlens.errors import DtlensError
+from dtlens.io import file_sha256, load_json
 from dtlens.model.backbones import (
     backbone_config,
     load_hf_pretrained,
@@ -45,7 +47,7 @@ def resolve_backbone(
     if init == "random-paper":
         return random_backbone(PAPER_RANDOM, seed=seed)
     if init in EMBEDDED_BACKBONES:
-        return load_backbone_file(embedded_backbone_path(init))
+        return load_backbone_file(verified_backbone_path(init))
     path = Path(init)
     if path.suffix == ".safetensors":
         return load_backbone_file(path)
@@ -77,3 +79,19 @@ def _controlled(
     model = new_backbone(cfg, d_vocab=source.cfg.d_vocab, n_ctx=source.cfg.n_ctx)
     load_params(model, state, f"{control}:{inner}")
     return model
+
+
+def verified_backbone_path(name: str) -> Path:
+    """`embedded_backbone_path(name)`; a shipped file must have the sha256 that the manifest
+    (dtlens/assets/backbones/manifest.json) records for it."""
+    path = embedded_backbone_path(name)
+    manifest = dtlens.paths.BACKBONE_ASSETS / "manifest.json"
+    if path.parent != dtlens.paths.BACKBONE_ASSETS or not manifest.is_file():
+        return path
+    entry = load_json(manifest).get(name)
+    if entry is not None and file_sha256(path) != entry["sha256"]:
+        raise DtlensError(
+            f"{path}: sha256 differs from {manifest} (a damaged or replaced file); "
+            f"rebuild it with `{entry['command']}`"
+        )
+    return path

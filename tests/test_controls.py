@@ -132,10 +132,14 @@ def test_every_diagnostic_runs_on_synthetic_and_a_control(hopper_file, tmp_path)
     runs = {p.name.split("-K")[0] for p in (out / "hopper" / "runs").iterdir()}
     assert {"synthetic", "shuffled-synthetic", "random"} <= runs, runs
     (p,) = plan(preset)
-    for who in ("language", "image"):  # synthetic, shuffled:synthetic
+    paper = ("cka", "weights", "gradients", "mutual_info")  # on every init's K=20 runs
+    interp = ("attribution", "action_lens", "probe")  # on the language and random inits'
+    for who, names in (("language", paper + interp), ("image", paper)):
         main = out / "hopper" / "runs" / p.main[(who, 666)].name
-        for name in ("cka", "weights", "gradients", "mutual_info", "attribution", "action_lens"):
+        for name in names:
             assert (main / "diagnostics" / f"{name}.nc").is_file(), (who, name)
+    for k in (1, 20):
+        assert p.no_context[("language", k, 666)].name.startswith("synthetic-K")
     for study in ("no_context", "block_swap", "cross_patching"):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file(), study
     assert "Summary" in (out / "report.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.table import Table
 
@@ -17,21 +19,30 @@ app.add_typer(model_app, name="model")
 def info(
     name: str = typer.Argument(
         ...,
-        help="random, random-paper, gpt2, imagegpt, text, image, a "
-        "HF directory, or a dtlens .safetensors checkpoint",
+        help="random, random-paper, gpt2, imagegpt, text, image, synthetic, a "
+        "HF directory, a dtlens .safetensors checkpoint, or shuffled:INIT / matched:INIT",
     ),
     imagegpt_norm: str = typer.Option(
         "rms", help="rms (ImageGPT as published) or layernorm (the paper code's GPT2Model loading)"
     ),
     hooks: bool = flag(True, help="List the hook names."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
 ) -> None:
-    """Layers, width, heads, parameters, norm, activation and hook names of a model."""
-    from dtlens.model.summary import describe
+    """Layers, width, heads, parameters, norm, activation, hook names and (for a pretrained
+    backbone file) how it was pretrained."""
+    from dtlens.model.summary import describe, pretraining_record
 
     rows, hook_names = describe(name, imagegpt_norm=imagegpt_norm)
+    record = pretraining_record(name)
+    if as_json:
+        out = rows | {"pretraining": record} | ({"hooks": hook_names} if hooks else {})
+        print(json.dumps(out, indent=2))
+        return
     table = Table(title=f"model {name}", show_header=False)
     for key, value in rows.items():
         table.add_row(key, str(value))
+    for key, value in (record or {}).items():
+        table.add_row(f"pretraining: {key.replace('_', ' ')}", str(value))
     console.print(table)
     if hooks:
         console.print(f"[bold]{len(hook_names)} hook points[/] (one line per pattern):")

@@ -1,7 +1,8 @@
-"""`dtlens pretrain text|image`: build the mini preset's embedded backbones."""
+"""`dtlens pretrain text|image|synthetic`: build the mini preset's embedded backbones."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -9,10 +10,11 @@ from rich.table import Table
 
 from cli.common import console, user_errors
 from cli.main import app
+from dtlens.errors import DtlensError
 from dtlens.pretrain import STEPS
 
 pretrain_app = typer.Typer(
-    help="Pretrain the mini preset's tiny language (text) and image backbones.",
+    help="Pretrain the mini preset's language (text), image and synthetic backbones.",
     no_args_is_help=True,
 )
 app.add_typer(pretrain_app, name="pretrain")
@@ -25,33 +27,136 @@ OUT = typer.Option(
 )
 
 
+STEPS_OPTION = typer.Option(
+    None,
+    min=1,
+    help="The toy corpora: optimiser steps (default: as the committed asset). The real ones: "
+    "stop after this many steps in all (the checkpoint stays; the same command goes on).",
+)
+THREADS = typer.Option(None, min=1, help="torch CPU threads (default: torch's).")
+
+
 @pretrain_app.command("text")
 @user_errors
 def text_cmd(
-    steps: int = typer.Option(STEPS["text"], min=1, help="Optimiser steps."),
+    corpus: str = typer.Option(
+        "debian-docs",
+        help="debian-docs: byte-level BPE on Debian's English documentation "
+        "(dtlens.pretrain.english), trained until the held-out loss plateaus, resumed from "
+        "$DTLENS_CACHE/pretrain/text. pydoc: characters of Python's documentation topics "
+        "(the first embedded asset).",
+    ),
+    steps: int | None = STEPS_OPTION,
     seed: int = SEED,
     out: Path | None = OUT,
+    threads: int | None = THREADS,
 ) -> None:
-    """GPT-2 family (LayerNorm, gelu_new), characters of Python's documentation topics."""
+    """GPT-2 family (LayerNorm, gelu_new) causal LM of the mini size."""
     from dtlens.pretrain import text
+    from dtlens.pretrain.loop import LongRun
 
-    console.print(summary("text", text.build(steps=steps, seed=seed, out=out)))
+    _threads(threads)
+    if corpus == "pydoc":
+        _report("text", text.build(steps=steps or STEPS["text"], seed=seed, out=out))
+        return
+    if corpus != "debian-docs":
+        raise DtlensError(f"unknown corpus {corpus!r}: expected debian-docs or pydoc")
+    run = LongRun(seed=seed)
+    result = text.build_until_plateau(
+        run, out, max_steps=steps, command=_command("text", seed, out), log=_log
+    )
+    _report("text", result)
 
 
 @pretrain_app.command("image")
 @user_errors
 def image_cmd(
-    steps: int = typer.Option(STEPS["image"], min=1, help="Optimiser steps."),
+    corpus: str = typer.Option(
+        "fashion-mnist",
+        help="fashion-mnist: Debian's Fashion-MNIST as ImageGPT palette tokens "
+        "(dtlens.pretrain.fashion), trained until the held-out loss plateaus, resumed from "
+        "$DTLENS_CACHE/pretrain/image. digits: scikit-learn's 8x8 digits (the first embedded "
+        "asset).",
+    ),
+    steps: int | None = STEPS_OPTION,
     seed: int = SEED,
     out: Path | None = OUT,
+    threads: int | None = THREADS,
 ) -> None:
-    """ImageGPT family (RMS norm, quick_gelu), pixels of scikit-learn's 8x8 digits."""
+    """ImageGPT family (RMS norm, quick_gelu) causal model of the mini size."""
+    import dataclasses
+
     from dtlens.pretrain import image
 
-    console.print(summary("image", image.build(steps=steps, seed=seed, out=out)))
+    _threads(threads)
+    if corpus == "digits":
+        _report("image", image.build(steps=steps or STEPS["image"], seed=seed, out=out))
+        return
+    if corpus != "fashion-mnist":
+        raise DtlensError(f"unknown corpus {corpus!r}: expected fashion-mnist or digits")
+    run = dataclasses.replace(image.FASHION_RUN, seed=seed)
+    result = image.build_until_plateau(
+        run, out, max_steps=steps, command=_command("image", seed, out), log=_log
+    )
+    _report("image", result)
 
 
-def summary(kind: str, result) -> Table:
+@pretrain_app.command("synthetic")
+@user_errors
+def synthetic_cmd(
+    states: int = typer.Option(100, min=2, help="The chain's state space (its vocabulary)."),
+    order: int = typer.Option(1, min=1, help="How many previous tokens the chain conditions on."),
+    temperature: float = typer.Option(1.0, min=1e-6, help="Softmax temperature of the chain."),
+    steps: int = typer.Option(STEPS["synthetic"], min=1, help="Optimiser steps."),
+    seed: int = SEED,
+    out: Path | None = OUT,
+    threads: int | None = THREADS,
+) -> None:
+    """GPT-2 family (LayerNorm, gelu_new) of the mini size, on random Markov-chain sequences
+    (Wang et al. 2024): the control for what language pretraining gives."""
+    from dtlens.pretrain import synthetic
+
+    _threads(threads)
+    if states**order > 1_000_000:
+        raise DtlensError(f"states**order = {states**order:,}: at most 1,000,000 contexts")
+    result = synthetic.build(
+        steps=steps, seed=seed, out=out, states=states, order=order, temperature=temperature
+    )
+    _report("synthetic", result)
+
+
+def _threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _command(kind: str, seed: int, out: Path | None) -> str:
+    return f"dtlens pretrain {kind}" + f" --seed {seed}" * (seed != 0) + f" --out {out}" * bool(out)
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _report(kind: str, result) -> None:
+    """The summary, with whether the weights are the embedded asset's; writing the asset itself
+    (--out dtlens/assets/backbones/NAME.safetensors) enters it in the manifest."""
+    from dtlens.paths import BACKBONE_ASSETS
+    from dtlens.pretrain.manifest import matches_manifest, record
+
+    if result is None:
+        console.print(f"{kind}: not plateaued yet; the same command resumes")
+        return
+    same = matches_manifest(kind, result.path)
+    match = {None: "no manifest entry", True: "yes: same weights", False: "no: other weights"}
+    console.print(summary(kind, result, match[same]))
+    if result.path.resolve() == (BACKBONE_ASSETS / f"{kind}.safetensors").resolve():
+        console.print(f"manifest: {record(kind, result.meta['command'])}")
+
+
+def summary(kind: str, result, matches: str) -> Table:
     m = result.meta
     gain = m["unigram_loss"] - m["heldout_loss"]
     table = Table(title=f"pretrained {kind} backbone", show_header=False)
@@ -70,6 +175,7 @@ def summary(kind: str, result) -> Table:
         ("file", str(result.path)),
         ("size", f"{result.size_bytes / 1e6:.2f} MB"),
         ("rebuild", m["command"]),
+        ("same as the embedded asset", matches),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -30,7 +30,7 @@ def cache_dir(kind: str) -> Path:
 
 
 #: Backbones pretrained by `dtlens pretrain` and shipped with dtlens (the `mini` preset).
-EMBEDDED_BACKBONES = ("text", "image")
+EMBEDDED_BACKBONES = ("text", "image", "synthetic")
 
 
 def backbone_cache_path(name: str) -> Path:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import dtlens.io
 import dtlens.paths
 from cli.main import app
 from dtlens.errors import DtlensError
@@ -17,11 +18,16 @@ from dtlens.model.config import MINI, BackboneConfig
 from dtlens.model.inits import resolve_backbone
 from dtlens.paths import EMBEDDED_BACKBONES, backbone_cache_path
 from dtlens.paths import embedded_backbone_path as backbone_path
-from dtlens.pretrain import image, text
+from dtlens.pretrain import image, synthetic, text
 from dtlens.pretrain.loop import unigram_loss
 from tests.conftest import TINY
 
-FAMILIES = {"text": ("gpt2", "LN", "gelu_new"), "image": ("imagegpt", "RMS", "quick_gelu")}
+FAMILIES = {
+    "text": ("gpt2", "LN", "gelu_new"),
+    "image": ("imagegpt", "RMS", "quick_gelu"),
+    "synthetic": ("gpt2", "LN", "gelu_new"),
+}
+CORPUS_FLAGS = {"text": "--corpus pydoc", "image": "--corpus digits"}
 
 
 def test_char_tokenizer_round_trips():
@@ -77,12 +83,13 @@ def test_tiny_run_writes_a_loadable_deterministic_backbone(kind, tmp_path):
     assert (cfg.normalization_type, cfg.act_fn, cfg.d_model) == (norm, act, TINY.d_model)
     meta = read_header(paths[0])["meta"]
     assert meta == results[0].meta and meta["family"] == family and meta["steps"] == 3
-    assert meta["command"] == f"dtlens pretrain {kind} --steps 3 --seed 7 --out {paths[0]}"
+    flags = CORPUS_FLAGS[kind]
+    assert meta["command"] == f"dtlens pretrain {kind} {flags} --steps 3 --seed 7 --out {paths[0]}"
     other = load_backbone_file(paths[1]).state_dict()
     assert all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("kind", EMBEDDED_BACKBONES)
 def test_committed_asset_loads_with_mini_size(kind):
     path = backbone_path(kind)
     assert path.parent == dtlens.paths.BACKBONE_ASSETS
@@ -91,11 +98,16 @@ def test_committed_asset_loads_with_mini_size(kind):
     assert cfg == BackboneConfig(**{**MINI.__dict__, "normalization_type": norm, "act_fn": act})
     meta = read_header(path)["meta"]
     assert meta["family"] == family
-    assert meta["heldout_loss"] < meta["unigram_loss"] - 0.5
+    if kind == "synthetic":  # the chain's entropy rate is the floor, 0.48 nats below unigram
+        chain = meta["chain"]
+        table = synthetic.transition_table(chain["states"], chain["order"], chain["temperature"])
+        assert meta["heldout_loss"] < synthetic.entropy_rate(table) + 0.1
+    else:
+        assert meta["heldout_loss"] < meta["unigram_loss"] - 0.5
 
 
-def test_committed_assets_fit_in_5mb():
-    assert sum(backbone_path(k).stat().st_size for k in EMBEDDED_BACKBONES) <= 5_000_000
+def test_committed_assets_fit_in_3mb_each():
+    assert all(backbone_path(k).stat().st_size <= 3_000_000 for k in EMBEDDED_BACKBONES)
 
 
 def test_missing_backbone_says_how_to_build_it(tmp_path, monkeypatch):
@@ -115,10 +127,52 @@ def test_missing_backbone_says_how_to_build_it(tmp_path, monkeypatch):
 def test_cli_pretrain_image_and_model_info(tmp_path):
     out = tmp_path / "image.safetensors"
     runner = CliRunner()
-    result = runner.invoke(app, ["pretrain", "image", "--steps", "1", "--out", str(out)])
+    args = ["pretrain", "image", "--corpus", "digits", "--steps", "1", "--out", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out loss" in result.output and "unigram baseline" in result.output
     assert load_backbone_file(out).cfg.normalization_type == "RMS"
     result = runner.invoke(app, ["model", "info", "text", "--no-hooks"])
     assert result.exit_code == 0, result.output
     assert "gelu_new" in result.output
+
+
+def test_rebuilding_an_asset_records_it_and_says_whether_the_weights_match(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(dtlens.paths, "BACKBONE_ASSETS", tmp_path / "assets")
+    runner = CliRunner()
+    asset = tmp_path / "assets" / "image.safetensors"
+    base = ["pretrain", "image", "--corpus", "digits", "--steps", "1", "--threads", "1"]
+    result = runner.invoke(app, [*base, "--out", str(asset)])
+    assert result.exit_code == 0, result.output
+    assert "no manifest entry" in result.output and "manifest:" in result.output
+    manifest = json.loads((tmp_path / "assets" / "manifest.json").read_text())
+    assert manifest["image"]["command"].startswith("dtlens pretrain image --corpus digits")
+    again = runner.invoke(app, [*base, "--out", str(tmp_path / "again.safetensors")])
+    assert "yes: same weights" in again.output, again.output
+    other = runner.invoke(app, [*base, "--seed", "1", "--out", str(tmp_path / "o.safetensors")])
+    assert "no: other weights" in other.output, other.output
+    info = runner.invoke(app, ["model", "info", "image", "--json", "--no-hooks"])
+    record = json.loads(info.output)["pretraining"]
+    assert record["command"] == manifest["image"]["command"]
+    assert record["sha256"] == manifest["image"]["sha256"]
+    assert record["tokens_seen"] == 64 * 64  # one step of 64 images, 64 pixels each
+    assert record["heldout_perplexity"] > 1 and record["unigram_perplexity"] > 1
+
+
+def test_a_shipped_backbone_that_differs_from_its_manifest_is_refused(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(backbone_path("image"), assets / "image.safetensors")
+    entry = {"file": "image.safetensors", "sha256": "0" * 64, "command": "dtlens pretrain image"}
+    (assets / "manifest.json").write_text(json.dumps({"image": entry}))
+    monkeypatch.setattr(dtlens.paths, "BACKBONE_ASSETS", assets)
+    with pytest.raises(DtlensError, match="sha256 differs.*dtlens pretrain image"):
+        resolve_backbone("image")
+    entry["sha256"] = dtlens.io.file_sha256(assets / "image.safetensors")
+    (assets / "manifest.json").write_text(json.dumps({"image": entry}))
+    assert backbone_config(resolve_backbone("image").cfg).normalization_type == "RMS"

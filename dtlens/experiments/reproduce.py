@@ -25,11 +25,12 @@ from dtlens.experiments.studies import block_swap_specs, spec_for
 from dtlens.interp.registry import interp_tasks
 from dtlens.io import load_json, save_json
 from dtlens.locks import folder_lock
+from dtlens.model.controls import base_init
 from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
-from dtlens.pretrain import image, text
+from dtlens.pretrain import image, synthetic, text
 from dtlens.train.run import Run
 
-PRETRAIN = {"text": text, "image": image}
+PRETRAIN = {"text": text, "image": image, "synthetic": synthetic}
 
 Log = Callable[[str], None]
 
@@ -151,7 +152,7 @@ def prepare(preset: Preset, log: Log) -> None:
         t0 = time.perf_counter()
         ds = load_dataset(dataset, env_id=preset.env_ids.get(label))
         log(f"dataset {label}: {dataset} ({len(ds)} transitions, {time.perf_counter() - t0:.0f} s)")
-    for init in preset.inits:
+    for init in map(base_init, preset.inits):
         if init in EMBEDDED_BACKBONES:
             ensure_embedded_backbone(init, log)
 

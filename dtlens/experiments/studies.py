@@ -17,6 +17,7 @@ from dtlens.errors import DtlensError
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
 from dtlens.model.backbones import backbone_config
 from dtlens.model.config import BackboneConfig
+from dtlens.model.controls import split_control
 from dtlens.model.inits import resolve_backbone
 from dtlens.train.config import TrainConfig
 from dtlens.train.run import Run
@@ -98,6 +99,9 @@ def spec_for(cfg: TrainConfig) -> RunSpec:
 
 
 def _slug(init: str) -> str:
+    control, inner = split_control(init)
+    if control is not None:
+        return f"{control}-{_slug(inner)}"
     return Path(init).stem.replace(" ", "_")
 
 

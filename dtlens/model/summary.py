@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 from transformer_lens import HookedTransformer
 
+import dtlens.paths
+from dtlens.io import load_json
 from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, read_header
 from dtlens.model.checkpoint import load_model
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
 from dtlens.model.inits import resolve_backbone
+from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
 
 
 def hook_patterns(names: list[str]) -> list[str]:
@@ -20,6 +24,39 @@ def hook_patterns(names: list[str]) -> list[str]:
     for n in names:
         seen[re.sub(r"blocks\.\d+\.", "blocks.{i}.", n)] = None
     return list(seen)
+
+
+def pretraining_record(name: str) -> dict[str, object] | None:
+    """How the embedded backbone `name` (or a backbone .safetensors file) was pretrained: corpus,
+    tokens_seen, held-out and unigram perplexity (the floor a trained LM must beat) and the
+    command that rebuilds it; None for anything else."""
+    if name in EMBEDDED_BACKBONES:
+        path = embedded_backbone_path(name)
+    elif name.endswith(".safetensors") and read_header(name).get("kind") == "backbone":
+        path = Path(name)
+    else:
+        return None
+    header = read_header(path)
+    meta = header.get("meta", {})
+    if "heldout_loss" not in meta:
+        return None
+    # The fixed-step builds record steps x batch rows of n_ctx targets.
+    seen = meta.get("tokens_seen", meta["steps"] * meta["batch_size"] * header["n_ctx"])
+    heldout, unigram = math.exp(meta["heldout_loss"]), math.exp(meta["unigram_loss"])
+    assets = dtlens.paths.BACKBONE_ASSETS
+    manifest = assets / "manifest.json"  # the embedded ones' rebuild command and hash
+    shipped = path.parent == assets and manifest.is_file()
+    entry = load_json(manifest).get(path.stem, {}) if shipped else {}
+    return {
+        "corpus": meta["corpus"],
+        "tokens_seen": seen,
+        "heldout_perplexity": round(heldout, 3),
+        "unigram_perplexity": round(unigram, 3),
+        "perplexity_ratio": round(heldout / unigram, 4),
+        "command": entry.get("command", meta["command"]),
+        "file": str(path),
+        "sha256": entry.get("sha256"),
+    }
 
 
 def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], list[str]]:

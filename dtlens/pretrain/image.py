@@ -1,5 +1,12 @@
 """The embedded *image* backbone: an ImageGPT-family (RMS norm, quick_gelu) causal model of MINI's
-size, trained on scikit-learn's 8x8 handwritten digits (`sklearn.datasets.load_digits`, 1797
+size.
+
+`build_until_plateau` (`dtlens pretrain image`): Fashion-MNIST's 28x28 images as ImageGPT's palette
+tokens (`dtlens.pretrain.fashion`), trained until the held-out loss plateaus
+(`dtlens.pretrain.loop.LongRun`), resumable.
+
+`build` (`dtlens pretrain image --corpus digits`, the first embedded asset): trained on
+scikit-learn's 8x8 handwritten digits (`sklearn.datasets.load_digits`, 1797
 images, intensities 0..16).
 
 As in ImageGPT, an image is a start-of-sequence token followed by its pixels in raster order, each
@@ -20,8 +27,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from dtlens.model.config import MINI, BackboneConfig
-from dtlens.pretrain import STEPS
-from dtlens.pretrain.loop import Corpus, Result, Settings, pretrain
+from dtlens.paths import cache_dir
+from dtlens.pretrain import STEPS, fashion
+from dtlens.pretrain.loop import Corpus, LongRun, Result, Settings, pretrain, pretrain_until_plateau
 
 FAMILY = "imagegpt"
 LEVELS = 17
@@ -100,4 +108,57 @@ def build(
         Settings(steps=steps, seed=seed, batch_size=batch_size, lr=LR),
         out,
         progress,
+        flags="--corpus digits",
+    )
+
+
+#: The Fashion-MNIST run: 32 images (6,272 tokens) a step.
+FASHION_RUN = LongRun(batch_size=32)
+
+
+def fashion_corpus() -> Corpus:
+    train = fashion.downsample(fashion.read_images("train"))
+    centres = fashion.palette(train)
+    rows = fashion.tokens(train, centres)
+    heldout = fashion.downsample(fashion.read_images("t10k")[: fashion.HELDOUT])
+    return Corpus(
+        train=rows,
+        heldout=fashion.tokens(heldout, centres),
+        train_tokens=rows[:, 1:],
+        d_vocab=len(centres) + 1,
+        meta={
+            "corpus": fashion.CORPUS,
+            "corpus_files": [
+                str(fashion.ROOT / f"{s}-images-idx3-ubyte.gz") for s in ("train", "t10k")
+            ],
+            "corpus_tokens": rows[:, 1:].numel(),
+            "tokenizer": "ImageGPT: sos, then each pixel's nearest palette centre in raster order",
+            "palette": [round(float(c), 3) for c in centres],
+            "heldout_images": fashion.HELDOUT,
+        },
+    )
+
+
+def build_until_plateau(
+    run: LongRun = FASHION_RUN,
+    out: Path | None = None,
+    size: BackboneConfig = MINI,
+    workdir: Path | None = None,
+    max_steps: int | None = None,
+    command: str = "dtlens pretrain image",
+    log=print,
+) -> Result | None:
+    """Pretrain (or resume) the image backbone on Fashion-MNIST until its held-out loss
+    plateaus; None while it has not (stopped by `max_steps`)."""
+    return pretrain_until_plateau(
+        "image",
+        FAMILY,
+        dataclasses.replace(size, normalization_type="RMS", act_fn="quick_gelu"),
+        fashion_corpus(),
+        run,
+        workdir or cache_dir("pretrain") / "image",
+        command,
+        out,
+        max_steps,
+        log,
     )

@@ -3,20 +3,27 @@ the seeded AdamW loop, the held-out and unigram losses, and the saved file with 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Int
+from safetensors import safe_open
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from dtlens.model.backbones import init_gpt2_, new_backbone, save_backbone
+from dtlens.errors import DtlensError
+from dtlens.io import load_tensors, save_json, save_tensors, write_atomic
+from dtlens.model.backbones import init_gpt2_, load_params, new_backbone, save_backbone
 from dtlens.model.config import BackboneConfig
 from dtlens.paths import backbone_cache_path
 
@@ -62,9 +69,9 @@ class Result:
 def unigram_loss(train_tokens: Tensor, targets: Tensor, d_vocab: int) -> float:
     """Cross-entropy (nats/token) of `targets` under the add-one smoothed unigram distribution
     of `train_tokens`."""
-    counts = torch.bincount(train_tokens.flatten(), minlength=d_vocab).double() + 1.0
+    counts = torch.bincount(train_tokens.flatten().long(), minlength=d_vocab).double() + 1.0
     log_p = (counts / counts.sum()).log()
-    return float(-log_p[targets.flatten()].mean())
+    return float(-log_p[targets.flatten().long()].mean())
 
 
 def lm_loss(model: HookedTransformer, rows: Tensor) -> Tensor:
@@ -114,11 +121,12 @@ def pretrain(
     settings: Settings,
     out: Path | None = None,
     progress: bool = True,
+    flags: str = "",
 ) -> Result:
     """Build the corpus, train a fresh `cfg` backbone on it, evaluate it, and save it with its
-    record to `out` (default: the dtlens cache)."""
+    record to `out` (default: the dtlens cache). `flags`: the corpus's options in the command."""
     start = time.perf_counter()
-    command = f"dtlens pretrain {kind} --steps {settings.steps} --seed {settings.seed}"
+    command = f"dtlens pretrain {kind} {flags} --steps {settings.steps} --seed {settings.seed}"
     if out is not None:
         command += f" --out {out}"
     corpus = make_corpus()
@@ -189,3 +197,193 @@ class _Progress:
     def advance(self, loss: float) -> None:
         self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
         self.bar.update(self.task, advance=1, loss=self.smoothed)
+
+
+@dataclass(frozen=True)
+class LongRun:
+    """A pretraining run that goes until its held-out loss plateaus, resumable at every evaluation.
+
+    Plateau: the best held-out loss (evaluated every `eval_every` steps on the whole held-out
+    split) has not improved by `min_delta` nats for `patience` evaluations in a row, after at least
+    `min_tokens` training tokens. The first `anneals` plateaus divide the learning rate by 10 and
+    training goes on; the next one stops it. Batches depend on (seed, step) only, so a resumed run
+    draws the batches the uninterrupted one would have.
+    """
+
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    eval_every: int = 400
+    patience: int = 4
+    min_delta: float = 0.01
+    anneals: int = 1
+    min_tokens: int = 20_000_000
+
+    def rule(self) -> str:
+        return (
+            f"stop when the best held-out loss (every {self.eval_every} steps) has not improved by "
+            f"{self.min_delta} nats for {self.patience} evaluations after >= {self.min_tokens:,} "
+            f"tokens; the first {self.anneals} such plateau(s) divide the learning rate by 10"
+        )
+
+
+CHECKPOINT = "checkpoint.safetensors"
+CURVE = "curve.json"
+TOKENIZER = "tokenizer.json"
+
+
+def pretrain_until_plateau(
+    kind: str,
+    family: str,
+    cfg: BackboneConfig,
+    corpus: Corpus,
+    run: LongRun,
+    workdir: Path,
+    command: str,
+    out: Path | None = None,
+    max_steps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Result | None:
+    """Train (or resume from `workdir`) until the plateau rule stops the run, then save the
+    backbone with its pretraining record to `out` (default: the dtlens cache) and return it.
+    Stopped earlier by `max_steps` (a total, resumed steps included): the checkpoint stays, None.
+    """
+    model = new_backbone(cfg, d_vocab=corpus.d_vocab, n_ctx=corpus.n_ctx)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=run.weight_decay
+    )
+    identity = {"kind": kind, "run": dataclasses.asdict(run), "corpus": corpus.meta}
+    state = _resume(model, opt, workdir / CHECKPOINT, identity)
+    if state is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.seed)
+            init_gpt2_(model)
+        state = {"step": 0, "tokens_seen": 0, "lr_scale": 1.0, "best": math.inf, "since_best": 0,
+                 "anneals_done": 0, "done": False, "seconds": 0.0, "curve": []}  # fmt: skip
+        log(f"{kind}: fresh run in {workdir}; {run.rule()}")
+    else:
+        log(f"{kind}: resumed at step {state['step']:,} ({state['tokens_seen']:,} tokens)")
+    unigram = unigram_loss(corpus.train_tokens, corpus.heldout[:, 1:], corpus.d_vocab)
+    model.train()
+    losses: list[float] = []
+    tic = time.perf_counter()
+    while not state["done"] and (max_steps is None or state["step"] < max_steps):
+        step = state["step"]
+        for group in opt.param_groups:
+            group["lr"] = run.lr * min(1.0, (step + 1) / run.warmup_steps) * state["lr_scale"]
+        gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
+        rows = corpus.train[torch.randint(0, len(corpus.train), (run.batch_size,), generator=gen)]
+        loss = lm_loss(model, rows.long())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        state["step"] += 1
+        state["tokens_seen"] += rows[:, 1:].numel()
+        if state["step"] % run.eval_every and state["step"] != max_steps:
+            if state["step"] % 25 == 0:
+                log(f"{kind}: step {state['step']:,} loss {sum(losses[-25:]) / 25:.3f}")
+            continue
+        model.eval()
+        heldout = heldout_loss(model, corpus.heldout)
+        model.train()
+        state["seconds"] += time.perf_counter() - tic
+        tic = time.perf_counter()
+        point = {"step": state["step"], "tokens_seen": state["tokens_seen"],
+                 "train_loss": round(sum(losses) / len(losses), 4),
+                 "heldout_loss": round(heldout, 4), "lr": opt.param_groups[0]["lr"],
+                 "seconds": round(state["seconds"], 1)}  # fmt: skip
+        losses.clear()
+        state["curve"].append(point)
+        _advance_plateau(state, heldout, run)
+        _save_checkpoint(model, opt, state, identity, workdir)
+        log(
+            f"{kind}: step {point['step']:,} tokens {point['tokens_seen']:,} train "
+            f"{point['train_loss']:.3f} held-out {heldout:.3f} (ppl {math.exp(heldout):.1f}, "
+            f"unigram {math.exp(unigram):.1f}) lr {point['lr']:.2e} "
+            f"{state['seconds'] / state['step']:.2f} s/step" + (" PLATEAU: done" * state["done"])
+        )
+    model.eval()
+    if not state["done"]:
+        return None
+    meta = {
+        "family": family,
+        **corpus.meta,
+        "seed": run.seed,
+        "batch_size": run.batch_size,
+        "lr": run.lr,
+        "steps": state["step"],
+        "stop_rule": run.rule(),
+        "tokens_seen": state["tokens_seen"],
+        "train_loss": state["curve"][-1]["train_loss"],
+        "heldout_loss": state["curve"][-1]["heldout_loss"],
+        "unigram_loss": round(unigram, 4),
+        "heldout_tokens": corpus.heldout[:, 1:].numel(),
+        "curve_tail": state["curve"][-5:],
+        "wall_seconds": round(state["seconds"], 1),
+        "command": command,
+    }
+    path = Path(out) if out is not None else backbone_cache_path(kind)
+    result = Result(save_backbone(model, path, **meta), meta)
+    for name in (CURVE, TOKENIZER):  # the learning curve and the tokenizer go with the weights
+        if (workdir / name).is_file():
+            write_atomic(
+                path.with_name(f"{path.stem}.{name}"), partial(shutil.copyfile, workdir / name)
+            )
+    return result
+
+
+def _advance_plateau(state: dict, heldout: float, run: LongRun) -> None:
+    if heldout < state["best"] - run.min_delta:
+        state["best"], state["since_best"] = heldout, 0
+        return
+    state["best"] = min(state["best"], heldout)
+    state["since_best"] += 1
+    if state["since_best"] < run.patience or state["tokens_seen"] < run.min_tokens:
+        return
+    if state["anneals_done"] < run.anneals:
+        state["anneals_done"] += 1
+        state["lr_scale"] /= 10
+        state["since_best"] = 0
+    else:
+        state["done"] = True
+
+
+def _save_checkpoint(
+    model: HookedTransformer, opt: torch.optim.Optimizer, state: dict, identity: dict, workdir: Path
+) -> None:
+    """Weights, AdamW's moments and the run's state in one safetensors file (atomic), and the
+    learning curve as JSON beside it."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    tensors = {f"model.{name}": p for name, p in model.named_parameters()}
+    for p, s in opt.state.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            tensors[f"adam.{key}.{names[id(p)]}"] = torch.as_tensor(s[key]).reshape(-1)
+    header = json.dumps({"kind": "pretrain-checkpoint", "identity": identity, "state": state})
+    save_tensors(tensors, workdir / CHECKPOINT, metadata={"dtlens": header})
+    save_json({"identity": identity, "curve": state["curve"]}, workdir / CURVE)
+
+
+def _resume(
+    model: HookedTransformer, opt: torch.optim.Optimizer, path: Path, identity: dict
+) -> dict | None:
+    if not path.is_file():
+        return None
+    header = json.loads(safe_open(str(path), framework="pt").metadata()["dtlens"])
+    if header["identity"] != json.loads(json.dumps(identity)):
+        raise DtlensError(
+            f"{path}: checkpoint of another run (corpus or settings differ); "
+            "remove its folder to start afresh"
+        )
+    tensors = load_tensors(path)
+    load_params(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
+    for name, p in model.named_parameters():
+        opt.state[p] = {
+            "step": tensors[f"adam.step.{name}"].reshape(()),
+            "exp_avg": tensors[f"adam.exp_avg.{name}"].reshape(p.shape),
+            "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"].reshape(p.shape),
+        }
+    return header["state"]

@@ -38,8 +38,8 @@ class TrainConfig:
     init: str = _opt(
         "random",
         "--init",
-        "random, random-paper, gpt2, imagegpt, text, image, an HF directory "
-        "or a dtlens .safetensors file.",
+        "random, random-paper, gpt2, imagegpt, text, image, synthetic, an HF directory, "
+        "a dtlens .safetensors file, or a control of one: shuffled:INIT, matched:INIT.",
     )
     dataset: str = _opt("mini/hopper-medium", "--dataset", "Embedded id, D4RL .hdf5, or Minari id.")
     env_id: str | None = _opt(

@@ -27,9 +27,10 @@ def wait_for(url: str) -> None:
     while True:
         try:
             with urllib.request.urlopen(url) as r:
+                body = r.read()
                 if r.status == 200:
                     return
-                print(" ", json.loads(r.read())["progress"], flush=True)
+                print(" ", json.loads(body)["progress"], flush=True)
         except urllib.error.HTTPError as e:
             raise SystemExit(f"{url}: {e.code} {e.read().decode()}") from None
         time.sleep(2)

@@ -200,7 +200,10 @@ def make_handler(explorer: Explorer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Cache-Control", "no-store")
             self.send_header("Content-Security-Policy", CSP)
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser left (a new view)
+                pass
 
         def send_json(self, status: int, data: Any) -> None:
             body = json.dumps(results.jsonable(data), separators=(",", ":"), allow_nan=False)

@@ -239,7 +239,8 @@ async function gradients(view) {
          yaxis: { type: "log", title: { text: "norm" } },
          yaxis2: { overlaying: "y", side: "right", type: "linear", range: [0, 1.05],
                    title: { text: "clip coefficient" } },
-         legend: { orientation: "h", y: -0.25 }, xaxis: { title: { text: "step" } } }, [560, 380]);
+         legend: { orientation: "h", y: -0.25 }, xaxis: { title: { text: "step" } },
+         margin: { l: 60, r: 70, t: 36, b: 50 } }, [600, 380]);
   plot(row, [{ y: d.norm, type: "box", name: "before clipping" },
              { y: d.norm_clipped, type: "box", name: "after clipping" }],
        { title: { text: `epoch ${d.epoch}: per-sample gradient norm` }, yaxis: { type: "log" },

@@ -103,7 +103,8 @@ install() {
   if ! "$PY" -c "import datasets" 2>/dev/null; then
     "$PY" "$REPO/benchmarks/gpu_check_shim.py" "$WORK/shim" || return 1
   fi
-  "$PY" -c "$probe; import dtlens.experiments.reproduce, cli.main; print('dtlens imports')"
+  PYTHONPATH="$PYTHONPATH:$WORK/shim" \
+    "$PY" -c "$probe; import dtlens.experiments.reproduce, cli.main; print('dtlens imports')"
 }
 smoke() {
   if ((REHEARSE)); then  # the tests' tiny preset (the mini preset's shape), one seed

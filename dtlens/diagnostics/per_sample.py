@@ -33,7 +33,9 @@ The DT checks its timesteps with data-dependent control flow, which vmap cannot 
 vmapped function therefore feeds constant timesteps and puts each sample's own timestep embedding
 in at `hook_time_embed` (the timesteps are range-checked before). It indexes the embedding
 table rather than calling `nn.Embedding`: the same values, but vmap's rule for the embedding's
-backward is ~50x slower and larger.
+backward is ~50x slower and larger. vmap runs the DT's own path (the fused blocks of
+`dtlens.model.fast`, their attention sample by sample): the same numbers as the hooked blocks,
+and faster.
 
 `batch_grads` is the plain gradient of the whole batch's loss (one backward pass), which the
 paper's per-tensor share uses.

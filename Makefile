@@ -12,7 +12,7 @@ SMOKE_OUT ?= runs/paper-smoke
 # (as root, with apt-get); otherwise said once.
 SYSTEM_PACKAGES := chromium libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
 
-.PHONY: venv demo test test-fast smoke lint format bench clean system-packages
+.PHONY: venv demo test test-fast smoke lint format bench gpu-wheels clean system-packages
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,11 +35,12 @@ system-packages:
 demo: $(STAMP)
 	$(BIN)/dtlens reproduce --preset mini --out $(OUT)
 
+# pytest-xdist: one worker per core (tests/conftest.py gives each its share of the threads).
 test: $(STAMP) system-packages
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 test-fast: $(STAMP) system-packages
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n auto -m "not slow"
 
 # The paper preset at the real sizes on its three tasks, smoke budget: stand-in inputs
 # (random-weight GPT-2 / ImageGPT-small, collected D4RL-layout files), then the whole study.
@@ -59,6 +60,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Wheels of what the GPU machine's image lacks (Python 3.12, manylinux x86-64; at most 64 MiB),
+# for benchmarks/gpu_check.sh: carry gpu-wheels/ (ignored) to the device machine.
+gpu-wheels: $(STAMP)
+	$(BIN)/python benchmarks/gpu_wheels.py --out gpu-wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache

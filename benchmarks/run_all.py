@@ -57,6 +57,11 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         ["--models", "12 x 384"],
         ["--quick", "--models", "2 x 64"],
     ),
+    "bench_gradient_stats.py": (
+        "Per-sample gradient statistics at GPT-2 size vs a loop of backward passes",
+        [],
+        ["--quick"],
+    ),
     "bench_mi.py": ("Mutual information estimators", [], ["--quick"]),
     "bench_diagnostics_memory.py": (
         "Each diagnostic at GPT-2 and ImageGPT size: time and peak RSS",
@@ -233,6 +238,18 @@ def _confusion(rows: list[dict]) -> list[str]:
     return out
 
 
+def _gradient_stats(rows: list[dict]) -> list[str]:
+    ours = rows[-1]
+    return [
+        f"{ours['model']}, {ours['samples']} windows all in the Gram: dtlens "
+        f"{ours['seconds']:.1f} s, peak {ours['peak_gib']:.2f} GiB; norms equal to "
+        f"{ours['norm_rel_diff']:.0e} relative, confusion to {ours['confusion_diff']:.0e}"
+    ] + [
+        f"{r['route']}: {r['speedup']:.2f}x dtlens's time, peak {r['peak_gib']:.2f} GiB"
+        for r in rows[:-1]
+    ]
+
+
 def _mi(rows: list[dict]) -> list[str]:
     out = []
     for est in dict.fromkeys(r["estimator"] for r in rows):
@@ -271,6 +288,7 @@ SUMMARIES: dict[str, Callable[[list[dict]], list[str]]] = {
     "bench_capture.py": _capture,
     "bench_cka.py": _cka,
     "bench_confusion.py": _confusion,
+    "bench_gradient_stats.py": _gradient_stats,
     "bench_mi.py": _mi,
     "bench_diagnostics_memory.py": _diagnostics_memory,
     "bench_gpu.py": _gpu,

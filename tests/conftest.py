@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,6 +11,14 @@ from dtlens import DecisionTransformer, DTConfig
 from dtlens.model import BackboneConfig
 
 TINY = BackboneConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32)
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test`: a worker per core) each worker gets its share of the
+    cores as torch threads: more would wait for each other on a busy machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture

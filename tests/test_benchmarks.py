@@ -80,6 +80,19 @@ def test_confusion_smoke():
 
 
 @pytest.mark.slow
+def test_gradient_stats_smoke():
+    from benchmarks import bench_gradient_stats
+
+    rows = bench_gradient_stats.main(["--quick"])
+    assert [r["route"] for r in rows][-1] == "dtlens gradient_stats" and len(rows) == 3
+    assert all(r["norm_rel_diff"] < 1e-5 and r["confusion_diff"] < 1e-6 for r in rows)
+    assert rows[-1]["speedup"] == 1.0 and all(r["seconds"] > 0 for r in rows)
+    result = run_all.Result("bench_gradient_stats.py", "", "", 0, 0, "", "", rows)
+    summary = run_all.summary(result)
+    assert len(summary) == 3 and "x dtlens's time" in summary[1]
+
+
+@pytest.mark.slow
 def test_diagnostics_memory_smoke(tmp_path):
     from benchmarks import bench_diagnostics_memory
 

@@ -58,6 +58,23 @@ def test_gram_route_equals_materialised_route(model, batch):
     assert list(top) == sorted(top, reverse=True) and top[0] == ds["share_mean"].max()
 
 
+def test_norms_do_not_depend_on_the_confusion_samples_or_the_chunks(model, batch):
+    """The confusion samples' norms come from their Gram's diagonal, the others' chunk by chunk
+    after them: in eval mode every split gives the loop's norms, and the Gram of the same
+    samples."""
+    loop = np.asarray(clip_single_samples(model, batch, math.inf)[0])
+    full = gradient_stats(model, batch, n_confusion=len(batch), train_mode=False, chunk_size=4)
+    np.testing.assert_allclose(full["norm"], loop, rtol=1e-5)
+    for n_confusion, chunk_size in [(2, 1), (3, 2), (5, 4)]:
+        ds = gradient_stats(
+            model, batch, n_confusion=n_confusion, train_mode=False, chunk_size=chunk_size
+        )
+        np.testing.assert_allclose(ds["tensor_norm"], full["tensor_norm"], rtol=1e-5, atol=1e-9)
+        assert list(ds.tensor.values) == list(full.tensor.values)
+        same = (full["pair_i"] < n_confusion) & (full["pair_j"] < n_confusion)
+        np.testing.assert_allclose(ds["cosine"], full["cosine"][same], atol=1e-6)
+
+
 def clip_single_samples(model, batch, clip: float) -> tuple[list[float], list[float]]:
     """Each sample's gradient norm before and after `clip_grad_norm_` on a one-sample batch."""
     before, after = [], []

@@ -14,6 +14,7 @@ from dtlens.diagnostics.per_sample import (
     batch_grads,
     fit_memory,
     iter_per_sample_grads,
+    pack_groups,
     parameter_groups,
     sample_losses,
     squared_norms,
@@ -138,6 +139,14 @@ def test_fit_memory_cuts_groups_into_runs_within_the_budget():
     assert fit_memory(groups, nbytes, 6) == [["a", "b"], ["c", "d"], ["e"]]
     assert fit_memory(groups, nbytes, 100) == groups
     assert fit_memory(groups, nbytes, 1) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+
+
+def test_pack_groups_joins_consecutive_runs_within_the_budget():
+    groups = [["a", "b"], ["c"], ["d", "e"], ["f"]]
+    nbytes = {"a": 2, "b": 2, "c": 3, "d": 4, "e": 4, "f": 1}
+    assert pack_groups(groups, nbytes, 7) == [["a", "b", "c"], ["d"], ["e", "f"]]
+    assert pack_groups(groups, nbytes, 100) == [["a", "b", "c", "d", "e", "f"]]
+    assert pack_groups(groups, nbytes, 1) == [["a"], ["b"], ["c"], ["d"], ["e"], ["f"]]
 
 
 def test_gradients_held_at_once_stay_within_memory_with_the_same_values(monkeypatch, model, batch):

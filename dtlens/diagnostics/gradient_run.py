@@ -4,8 +4,10 @@ Per sample of the probe batch: the gradient norm of its action loss before and a
 (clipping per sample, as `clip_grad_norm_` on a one-sample batch), each parameter tensor's norm
 and share of the squared norm; over the first `n_confusion` samples, gradient confusion (the
 minimum pairwise cosine) and every pairwise cosine. Clipping scales a whole gradient, so it changes
-neither the shares nor the cosines. The per-sample gradients are streamed tensor by tensor into a
-Gram matrix (`GramAccumulator`): the (n, P) gradient matrix is never held in memory.
+neither the shares nor the cosines. The confusion samples' gradients are streamed tensor by tensor
+into a Gram matrix (`GramAccumulator`, their squared norms its diagonal): the (n, P) gradient
+matrix is never held in memory; the other samples' gradients come a chunk of samples at a time,
+for their norms only (`iter_grad_blocks`).
 
 `paper_variant=True` adds the released code's three numbers (``analysis/signal_propagation.py``,
 ``analysis/section-54-gradient-analysis/compute_grad_norm.py`` and ``compute_grad_confusion.py``):
@@ -40,7 +42,7 @@ from dtlens.diagnostics.gradients import (
 from dtlens.diagnostics.per_sample import (
     GroupBy,
     batch_grads,
-    iter_per_sample_grads,
+    iter_grad_blocks,
     squared_norms,
 )
 from dtlens.errors import DtlensError
@@ -67,22 +69,32 @@ def gradient_stats(
     if not 2 <= n_confusion <= n:
         raise DtlensError(f"confusion needs 2 <= n_confusion <= {n} samples, got {n_confusion}")
     gram, block_gram = GramAccumulator(n_confusion), GramAccumulator(n_confusion)
-    names, numel, sq_norms, block_sq = [], [], [], np.zeros(n)
-    grads = iter_per_sample_grads(
-        model, batch, chunk_size=chunk_size, train_mode=train_mode, seed=seed, group_by=group_by
+    sq_norms: dict[str, np.ndarray] = {}
+    grads = iter_grad_blocks(
+        model,
+        batch,
+        together=n_confusion,
+        chunk_size=chunk_size,
+        train_mode=train_mode,
+        seed=seed,
+        group_by=group_by,
     )
-    for name, g in grads:
-        flat = g.flatten(1)
-        sq = squared_norms(flat)
-        sq_norms.append(sq)
-        gram.update(flat[:n_confusion])
-        if paper_variant and released_tensor(name) is not None:
-            block_sq += sq
-            block_gram.update(flat[:n_confusion])
-        names.append(name)
-        numel.append(flat.shape[1])
+    for name, samples, g in grads:
+        flat, sq = g.flatten(1), sq_norms.setdefault(name, np.zeros(n))
+        if samples.start == 0:  # the confusion samples (and the rest of their chunk) at once
+            sq[:n_confusion] = gram.update(flat[:n_confusion])
+            if paper_variant and released_tensor(name) is not None:
+                block_gram.update(flat[:n_confusion])
+            samples, flat = slice(n_confusion, samples.stop), flat[n_confusion:]
+        if len(flat):
+            sq[samples] = squared_norms(flat)
         del g, flat  # before the next group's gradients are made
-    sq = np.stack(sq_norms, axis=1)  # (sample, tensor)
+    names = list(sq_norms)
+    numel = [model.get_parameter(name).numel() for name in names]
+    block_sq = sum(
+        (sq_norms[name] for name in names if released_tensor(name) is not None), np.zeros(n)
+    )
+    sq = np.stack(list(sq_norms.values()), axis=1)  # (sample, tensor)
     norm = np.sqrt(sq.sum(axis=1))
     coef = clip_coefficients(norm, max_norm=clip)
     share = share_of_norm(sq)

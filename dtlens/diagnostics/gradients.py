@@ -61,19 +61,24 @@ class GramAccumulator:
         self.n = n
         self.gram: Float[np.ndarray, "n n"] = np.zeros((n, n))
 
-    def update(self, g_chunk: Float[Array, "n ..."]) -> None:
-        """Add the gradients of one parameter tensor: (n, ...) is flattened to (n, p_chunk)."""
+    def update(self, g_chunk: Float[Array, "n ..."]) -> Float[np.ndarray, " n"]:
+        """Add the gradients of one parameter tensor: (n, ...) is flattened to (n, p_chunk).
+        Returns their squared norms per sample (the diagonal of what was added)."""
         if g_chunk.shape[0] != self.n:
             raise DtlensError(
                 f"gradient chunk has {g_chunk.shape[0]} samples, the accumulator {self.n}"
             )
-        flat = g_chunk.reshape(self.n, -1)
+        flat = torch.as_tensor(g_chunk).detach().reshape(self.n, -1)
+        if not bool(torch.isfinite(flat).all()):
+            raise DtlensError("per-sample gradients contain NaN or inf")
+        part = torch.zeros(self.n, self.n, dtype=torch.float64, device=flat.device)
         step = max(1, _BLOCK_ELEMENTS // self.n)
         for start in range(0, flat.shape[1], step):
-            block = _float64(flat[:, start : start + step])
-            if not np.isfinite(block).all():
-                raise DtlensError("per-sample gradients contain NaN or inf")
-            self.gram += block @ block.T
+            block = flat[:, start : start + step].double()
+            part += block @ block.T
+        part = part.cpu().numpy()
+        self.gram += part
+        return np.diag(part).copy()
 
     def norms(self) -> Float[np.ndarray, " n"]:
         return np.sqrt(np.maximum(np.diag(self.gram), 0.0))

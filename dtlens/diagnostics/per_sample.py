@@ -1,31 +1,41 @@
-"""Per-sample gradients of the action loss, with `torch.func`, one parameter group at a time.
+"""Per-sample gradients of the action loss, with `torch.func`, a group of parameters at a time.
 
-Why groups: the Gram route of gradient confusion and the per-tensor norms need, for each parameter
-tensor, the gradients of all n samples. A vmap over samples of the gradient w.r.t. every parameter
-holds n x P floats at once (17 GB for 50 samples of a GPT-2-sized DT). Here each group (one
-transformer block; or the embeddings, final norm and head) is differentiated on its own: vmap over
-chunks of samples of `grad` w.r.t. the group's parameters only fills one (n, *shape) buffer per
-tensor, the tensors are yielded one by one and can be dropped by the consumer. A group whose
-buffers would exceed `memory` bytes (default `GRAD_MEMORY`) is cut into consecutive runs of its
-tensors (a GPT-2 block's 7M parameters x 100 samples are 2.8 GB: attention, MLP in, MLP out).
+Why groups: the Gram route of gradient confusion needs, for each parameter tensor, the gradients
+of all its samples at once. A vmap over samples of the gradient w.r.t. every parameter holds
+n x P floats (17 GB for 50 samples of a GPT-2-sized DT). Here a group of parameters is
+differentiated on its own: vmap over chunks of samples of `grad` w.r.t. the group's parameters
+only fills one (n, *shape) buffer per tensor, the tensors are yielded one by one and can be
+dropped by the consumer. Groups are consecutive transformer blocks (and the embeddings, final
+norm and head), packed up to `memory` bytes of gradients (default `GRAD_MEMORY`), a block larger
+than that cut into consecutive runs of its tensors (a GPT-2 block's 7M parameters x 100 samples
+are 2.8 GB: attention, MLP in, MLP out). Each group costs one forward and a backward down to
+its lowest block, so few, large groups are fast.
+
+Per-sample norms need each sample's gradient once, not all samples together: `iter_grad_blocks`
+gives the first `together` samples (the Gram's) group by group, and the others chunk by chunk,
+each chunk's groups packed for its few samples (a GPT-2-sized DT's every parameter for 3 samples
+is 1 GB: one forward and backward pass a chunk).
+
 The chunks of samples are cut to fit `ACTIVATION_MEMORY` bytes of saved activations too (a
 vmapped chunk of 16 GPT-2-sized windows of 60 tokens holds 2 GB). Peak memory: `memory` (or one
 tensor's n x numel, if larger) + `ACTIVATION_MEMORY` (or one sample's activations), whatever the
-number of blocks. Cost: one forward per group (n_layers + 1 instead of 1 without cuts), the
-backward only down to the group. `group_by="all"` is the classic one-pass route that holds
-every gradient (for comparison and small models).
+number of blocks. `group_by="all"` is the classic one-pass route that holds every gradient (for
+comparison and small models).
 
 Train mode (the paper's setting: dropout on) uses `randomness="different"`: each sample gets its
-own dropout masks, the very masks a plain batched forward of the same chunk draws after
-`torch.manual_seed(seed)`. The RNG is reseeded with `seed` before every group, so all groups see
-the same masks and each sample's gradient is the gradient of one realised loss. The global RNG
-state is left as it was.
+own dropout masks, the very masks a plain batched forward of the same chunk draws. The chunks
+draw from one stream started at `torch.manual_seed(seed)`, in sample order, and every group of a
+chunk starts from that chunk's place in the stream, so all groups see the same masks and each
+sample's gradient is the gradient of one realised loss. The global RNG state is left as it
+was.
 
 The DT checks its timesteps with data-dependent control flow, which vmap cannot trace; the
 vmapped function therefore feeds constant timesteps and puts each sample's own timestep embedding
 in at `hook_time_embed` (the timesteps are range-checked before). It indexes the embedding
 table rather than calling `nn.Embedding`: the same values, but vmap's rule for the embedding's
-backward is ~50x slower and larger.
+backward is ~50x slower and larger. vmap runs the DT's own path (the fused blocks of
+`dtlens.model.fast`, their attention sample by sample): the same numbers as the hooked blocks,
+and faster.
 
 `batch_grads` is the plain gradient of the whole batch's loss (one backward pass), which the
 paper's per-tensor share uses.
@@ -33,6 +43,7 @@ paper's per-tensor share uses.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -113,6 +124,22 @@ def fit_memory(groups: list[list[str]], nbytes: dict[str, int], memory: int) -> 
     return out
 
 
+def pack_groups(groups: list[list[str]], nbytes: dict[str, int], memory: int) -> list[list[str]]:
+    """`fit_memory`'s runs, then consecutive runs joined while their `nbytes` sum to at most
+    `memory`: as few groups (forward passes) as the budget allows."""
+    out: list[list[str]] = []
+    total = 0
+    for part in fit_memory(groups, nbytes, memory):
+        size = sum(nbytes[name] for name in part)
+        if out and total + size <= memory:
+            out[-1] = out[-1] + part
+            total += size
+        else:
+            out.append(list(part))
+            total = size
+    return out
+
+
 def samples_per_chunk(model: DecisionTransformer, tokens: int, memory: int) -> int:
     """How many samples of `tokens` tokens a vmapped chunk may hold within `memory` bytes of
     saved activations (at least one)."""
@@ -174,8 +201,7 @@ def _group_grads(
         def time_embed(x, hook):
             return model.embed_timestep.weight[timesteps[None]]
 
-        # The hooked blocks have vmap batching rules; fused attention would fall back to a loop.
-        with model.hooked_path(), model.hooks(fwd_hooks=[("hook_time_embed", time_embed)]):
+        with model.hooks(fwd_hooks=[("hook_time_embed", time_embed)]):
             inputs = (states[None], actions[None], rtg[None], const_t[None], mask[None])
             pred = functional_call(model, (group, params), inputs)
         return sample_losses(pred, actions[None], mask[None])[0]
@@ -185,13 +211,121 @@ def _group_grads(
     )
     n = len(batch)
     out = {k: torch.empty((n, *v.shape), dtype=v.dtype, device=v.device) for k, v in group.items()}
-    for start in range(0, n, chunk_size):
-        c = batch.index(slice(start, start + chunk_size))
-        g = per_sample(group, c.states, c.actions, c.returns_to_go, c.timesteps, c.attention_mask)
-        for k in names:
-            out[k][start : start + len(c)] = g[k]
-        del g  # before the next chunk's gradients are made
+    with warnings.catch_warnings():
+        # vmap runs the fused attention (and its backward) sample by sample: still faster than
+        # the hooked blocks, which it batches, and the same numbers
+        warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+        for start in range(0, n, chunk_size):
+            c = batch.index(slice(start, start + chunk_size))
+            g = per_sample(
+                group, c.states, c.actions, c.returns_to_go, c.timesteps, c.attention_mask
+            )
+            for k in names:
+                out[k][start : start + len(c)] = g[k]
+            del g  # before the next chunk's gradients are made
     return out
+
+
+def _rng_state(devices: list[torch.device]) -> list[Tensor]:
+    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_state(state: list[Tensor], devices: list[torch.device]) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in zip(devices, state[1:], strict=True):
+        torch.cuda.set_rng_state(s, d)
+
+
+def _seeded_grads(
+    model: DecisionTransformer,
+    batch: Batch,
+    names: list[str],
+    chunk_size: int,
+    train_mode: bool,
+    state: list[Tensor],
+) -> tuple[dict[str, Float[Tensor, "n ..."]], list[Tensor]]:
+    """`_group_grads` with the RNG at `state` (every group of the same samples is given the same
+    state: the same dropout masks), the model in train or eval mode; the RNG state it leaves and
+    the model's mode are restored after."""
+    devices = [model.device] if model.device.type == "cuda" else []
+    with _mode(model, train_mode), torch.random.fork_rng(devices=devices):
+        _set_rng_state(state, devices)
+        grads = _group_grads(model, batch, names, chunk_size, train_mode)
+        return grads, _rng_state(devices)
+
+
+def _groups(
+    model: DecisionTransformer, names: list[str], n: int, group_by: GroupBy, memory: int | None
+) -> list[list[str]]:
+    """The parameter groups differentiated together for `n` samples: with a `memory` budget,
+    consecutive blocks packed up to it ("block"), else one per block or all at once."""
+    groups = parameter_groups(names, group_by)
+    if memory is None or group_by != "block":
+        return groups
+    nbytes = {}
+    for name in names:
+        p = model.get_parameter(name)
+        nbytes[name] = n * p.numel() * p.element_size()
+    return pack_groups(groups, nbytes, memory)
+
+
+def iter_grad_blocks(
+    model: DecisionTransformer,
+    batch: Batch,
+    params: list[str] | None = None,
+    together: int | None = None,
+    chunk_size: int = 16,
+    train_mode: bool = True,
+    seed: int = 0,
+    group_by: GroupBy = "block",
+    memory: int | None = GRAD_MEMORY,
+) -> Iterator[tuple[str, slice, Float[Tensor, "samples ..."]]]:
+    """Yield `(name, samples, grads (len(samples), *shape))`: each sample's gradient of its own
+    action loss w.r.t. each parameter in `params` (default: every parameter the DT uses).
+
+    The first `together` samples (default: all; rounded up to whole chunks, so that the chunks,
+    and in train mode the masks, do not depend on it) come first, each tensor's gradients of all
+    of them at once, group by group (see the module docstring): what a Gram matrix needs. The
+    others follow chunk by chunk, every tensor of a chunk before the next chunk, each chunk's
+    groups packed for its own size (at GPT-2 size one forward and backward pass a chunk): what
+    per-sample norms need. `train_mode` = dropout on, as the paper; `seed` fixes the dropout
+    masks: the chunks draw them in order from one stream started at `torch.manual_seed(seed)`,
+    every group of a chunk the same masks. `memory`: bytes of gradients a "block" group may hold
+    (None: no packing or cut of groups or chunks); `chunk_size` is also cut to
+    `ACTIVATION_MEMORY`. The values do not depend on the groups or on `together`, in eval mode
+    not on the chunks either (in train mode each chunk draws its dropout masks)."""
+    if chunk_size < 1:
+        raise DtlensError(f"chunk_size must be at least 1, got {chunk_size}")
+    names = _checked_names(model, params)
+    batch = batch.to(model.device)
+    _check_timesteps(model, batch)
+    n = len(batch)
+    together = n if together is None else together
+    if not 0 <= together <= n:
+        raise DtlensError(f"together must lie in [0, {n}], got {together}")
+    devices = [model.device] if model.device.type == "cuda" else []
+    if memory is not None:
+        tokens = 3 * batch.timesteps.shape[1]
+        chunk_size = min(chunk_size, samples_per_chunk(model, tokens, ACTIVATION_MEMORY))
+    together = min(n, -(-together // chunk_size) * chunk_size)  # whole chunks
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        state = _rng_state(devices)
+    first = batch.index(slice(0, together))
+    end = state
+    for group in _groups(model, names, together, group_by, memory) if together else []:
+        grads, end = _seeded_grads(model, first, group, chunk_size, train_mode, state)
+        for name in group:
+            yield name, slice(0, together), grads.pop(name)
+    state = end  # where the first samples' chunks left the stream
+    for start in range(together, n, chunk_size):
+        chunk = batch.index(slice(start, start + chunk_size))
+        samples = slice(start, start + len(chunk))
+        for group in _groups(model, names, len(chunk), group_by, memory):
+            grads, end = _seeded_grads(model, chunk, group, len(chunk), train_mode, state)
+            for name in group:
+                yield name, samples, grads.pop(name)
+        state = end
 
 
 def iter_per_sample_grads(
@@ -205,33 +339,13 @@ def iter_per_sample_grads(
     memory: int | None = GRAD_MEMORY,
 ) -> Iterator[tuple[str, Float[Tensor, "n ..."]]]:
     """Yield `(name, grads (n, *shape))` for each parameter in `params` (default: every parameter
-    the DT uses), the gradient of each sample's own action loss, computed group by group (see the
-    module docstring). `train_mode` = dropout on, as the paper; `seed` fixes the dropout masks.
-    `memory`: bytes of gradients a "block" group may hold (None: no cut of groups or chunks),
-    `chunk_size` is also cut to `ACTIVATION_MEMORY`; the values do not depend on the groups, in
-    eval mode not on the chunks either (in train mode each chunk draws its dropout masks)."""
-    if chunk_size < 1:
-        raise DtlensError(f"chunk_size must be at least 1, got {chunk_size}")
-    names = _checked_names(model, params)
-    batch = batch.to(model.device)
-    _check_timesteps(model, batch)
-    devices = [model.device] if model.device.type == "cuda" else []
-    groups = parameter_groups(names, group_by)
-    if memory is not None and group_by == "block":
-        nbytes = {}
-        for name in names:
-            p = model.get_parameter(name)
-            nbytes[name] = len(batch) * p.numel() * p.element_size()
-        groups = fit_memory(groups, nbytes, memory)
-    if memory is not None:
-        tokens = 3 * batch.timesteps.shape[1]
-        chunk_size = min(chunk_size, samples_per_chunk(model, tokens, ACTIVATION_MEMORY))
-    for group in groups:
-        with _mode(model, train_mode), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            grads = _group_grads(model, batch, group, chunk_size, train_mode)
-        for name in group:
-            yield name, grads.pop(name)
+    the DT uses), all samples of a tensor at once: `iter_grad_blocks` with every sample
+    together."""
+    blocks = iter_grad_blocks(
+        model, batch, params, None, chunk_size, train_mode, seed, group_by, memory
+    )
+    for name, _, grads in blocks:
+        yield name, grads
 
 
 def batch_grads(

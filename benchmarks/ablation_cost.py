@@ -6,7 +6,7 @@ write_for_reproduce`: each block's attention and MLP mean-ablated, at most 5 epi
 Both are timed in this process on one torch thread, back to back, as CPU time (`process_time`),
 so the ratio holds when other work shares the CPU.
 
-    .venv/bin/python benchmarks/bench_ablation.py RUN [RUN ...]
+    .venv/bin/python benchmarks/ablation_cost.py RUN [RUN ...]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Every `--eval-every` steps the deterministic actor is evaluated and saved under
 part of the replay buffer) under `OUT/resume/`: the same command run again continues from there,
 across sessions (the environment restarts its episode; nothing else is lost). Training stops at
 `--timesteps` or after `--max-minutes` of this invocation; the export runs once all steps are
-done (`--export-only` forces it). Then the replay
+done (`--export-only` forces it); SIGTERM or SIGINT saves the state and stops. Then the replay
 buffer is written to `OUT/replay.hdf5` (D4RL layout) and `export` picks the *expert* (the best
 of the 5 top checkpoints re-evaluated over 10 fresh episodes) and the *medium* (the earlier
 checkpoint nearest a third of the expert's return that moves forward), evaluates both over 10
@@ -39,6 +39,7 @@ from dtlens.data.policy import (
     rollout_stats,
 )
 from dtlens.io import load_json, save_json, write_atomic
+from dtlens.stopping import stop_signal
 
 BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
@@ -113,11 +114,14 @@ def train(args: argparse.Namespace) -> bool:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
                 checkpoint()
-            return (time.time() - start) / 60 < args.max_minutes
+            return not stop.requested and (time.time() - start) / 60 < args.max_minutes
 
     remaining = args.timesteps - model.num_timesteps
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=EvalAndStop(), reset_num_timesteps=False)
+        with stop_signal() as stop:  # SIGTERM/SIGINT: checkpoint, then stop
+            model.learn(
+                total_timesteps=remaining, callback=EvalAndStop(), reset_num_timesteps=False
+            )
         checkpoint()
     if model.num_timesteps < args.timesteps:
         print(f"stopped at step {model.num_timesteps} of {args.timesteps}: run again to continue")

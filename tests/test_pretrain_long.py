@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -109,6 +111,26 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     ]
     with pytest.raises(DtlensError, match="another run"):
         run_for(tmp_path / "b", 9, LongRun(batch_size=8, eval_every=3))
+
+
+def test_sigterm_checkpoints_and_the_run_resumes_unchanged(tmp_path):
+    run = LongRun(batch_size=4, eval_every=3, warmup_steps=2, min_tokens=10**9)
+    run_for(tmp_path / "a", 8, run)
+    lines = []
+
+    def log(line):  # a SIGTERM arrives right after the first evaluation (step 3)
+        lines.append(line)
+        if line.startswith("tiny: step 3 "):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = until_plateau("tiny", "gpt2", TINY, tiny_corpus(), run, tmp_path / "b", "cmd",
+                            None, 8, log=log)  # fmt: skip
+    assert stopped is None and "SIGTERM at step 3" in lines[-1]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
+    assert read_header(tmp_path / "b" / CHECKPOINT)["state"]["step"] == 3
+    run_for(tmp_path / "b", 8, run)
+    a, b = (load_tensors(tmp_path / d / CHECKPOINT) for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_plateau_anneals_once_then_stops():

@@ -26,6 +26,7 @@ from dtlens.io import load_tensors, save_json, save_tensors, write_atomic
 from dtlens.model.backbones import init_gpt2_, load_params, new_backbone, save_backbone
 from dtlens.model.config import BackboneConfig
 from dtlens.paths import backbone_cache_path
+from dtlens.stopping import stop_signal
 
 
 @dataclass(frozen=True)
@@ -269,43 +270,52 @@ def pretrain_until_plateau(
     model.train()
     losses: list[float] = []
     tic = time.perf_counter()
-    while not state["done"] and (max_steps is None or state["step"] < max_steps):
-        step = state["step"]
-        for group in opt.param_groups:
-            group["lr"] = run.lr * min(1.0, (step + 1) / run.warmup_steps) * state["lr_scale"]
-        gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
-        rows = corpus.train[torch.randint(0, len(corpus.train), (run.batch_size,), generator=gen)]
-        loss = lm_loss(model, rows.long())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        state["step"] += 1
-        state["tokens_seen"] += rows[:, 1:].numel()
-        if state["step"] % run.eval_every and state["step"] != max_steps:
-            if state["step"] % 25 == 0:
-                log(f"{kind}: step {state['step']:,} loss {sum(losses[-25:]) / 25:.3f}")
-            continue
-        model.eval()
-        heldout = heldout_loss(model, corpus.heldout)
-        model.train()
-        state["seconds"] += time.perf_counter() - tic
-        tic = time.perf_counter()
-        point = {"step": state["step"], "tokens_seen": state["tokens_seen"],
-                 "train_loss": round(sum(losses) / len(losses), 4),
-                 "heldout_loss": round(heldout, 4), "lr": opt.param_groups[0]["lr"],
-                 "seconds": round(state["seconds"], 1)}  # fmt: skip
-        losses.clear()
-        state["curve"].append(point)
-        _advance_plateau(state, heldout, run)
-        _save_checkpoint(model, opt, state, identity, workdir)
-        log(
-            f"{kind}: step {point['step']:,} tokens {point['tokens_seen']:,} train "
-            f"{point['train_loss']:.3f} held-out {heldout:.3f} (ppl {math.exp(heldout):.1f}, "
-            f"unigram {math.exp(unigram):.1f}) lr {point['lr']:.2e} "
-            f"{state['seconds'] / state['step']:.2f} s/step" + (" PLATEAU: done" * state["done"])
-        )
+    with stop_signal() as stop:
+        while not state["done"] and (max_steps is None or state["step"] < max_steps):
+            if stop.requested:  # checkpoint where we are: the same command resumes
+                state["seconds"] += time.perf_counter() - tic
+                _save_checkpoint(model, opt, state, identity, workdir)
+                log(f"{kind}: {stop.requested} at step {state['step']:,}: checkpoint saved")
+                return None
+            step = state["step"]
+            for group in opt.param_groups:
+                group["lr"] = run.lr * min(1.0, (step + 1) / run.warmup_steps) * state["lr_scale"]
+            gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
+            rows = corpus.train[
+                torch.randint(0, len(corpus.train), (run.batch_size,), generator=gen)
+            ]
+            loss = lm_loss(model, rows.long())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            state["step"] += 1
+            state["tokens_seen"] += rows[:, 1:].numel()
+            if state["step"] % run.eval_every and state["step"] != max_steps:
+                if state["step"] % 25 == 0:
+                    log(f"{kind}: step {state['step']:,} loss {sum(losses[-25:]) / 25:.3f}")
+                continue
+            model.eval()
+            heldout = heldout_loss(model, corpus.heldout)
+            model.train()
+            state["seconds"] += time.perf_counter() - tic
+            tic = time.perf_counter()
+            point = {"step": state["step"], "tokens_seen": state["tokens_seen"],
+                     "train_loss": round(sum(losses) / len(losses), 4),
+                     "heldout_loss": round(heldout, 4), "lr": opt.param_groups[0]["lr"],
+                     "seconds": round(state["seconds"], 1)}  # fmt: skip
+            losses.clear()
+            state["curve"].append(point)
+            _advance_plateau(state, heldout, run)
+            _save_checkpoint(model, opt, state, identity, workdir)
+            log(
+                f"{kind}: step {point['step']:,} tokens {point['tokens_seen']:,} train "
+                f"{point['train_loss']:.3f} held-out {heldout:.3f} (ppl {math.exp(heldout):.1f}, "
+                f"unigram {math.exp(unigram):.1f}) lr {point['lr']:.2e} "
+                f"{state['seconds'] / state['step']:.2f} s/step"
+                + (" PLATEAU: done" * state["done"])
+            )
     model.eval()
     if not state["done"]:
         return None

@@ -13,7 +13,7 @@ from dtlens import DecisionTransformer, DTConfig
 from dtlens.errors import DtlensError
 from dtlens.model import BackboneConfig
 from dtlens.model.activations import quick_gelu
-from dtlens.model.backbones import random_backbone, save_backbone
+from dtlens.model.backbones import random_backbone, random_source, save_backbone
 from dtlens.model.checkpoint import load_model, save_model
 from tests.conftest import TINY, dt_inputs
 
@@ -125,14 +125,47 @@ def test_checkpoint_round_trip_and_mismatch(tiny_dt, tmp_path):
 
 
 def test_dt_with_pretrained_backbone_copies_blocks(tiny_cfg):
-    donor = random_backbone(TINY, seed=42)
+    donor = random_source(TINY, seed=42)
     dt = DecisionTransformer(tiny_cfg, backbone=donor)
-    torch.testing.assert_close(dt.backbone.blocks[1].mlp.W_in, donor.blocks[1].mlp.W_in)
+    torch.testing.assert_close(dt.backbone.blocks[1].mlp.W_in, donor.state["blocks.1.mlp.W_in"])
     with pytest.raises(DtlensError, match="does not match"):
         DecisionTransformer(
             tiny_cfg,
-            backbone=random_backbone(BackboneConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32)),
+            backbone=random_source(BackboneConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32)),
         )
+
+
+@pytest.mark.parametrize(
+    "dt_init, time_std, head_bias", [("released", 1.0, None), ("gpt2", 0.02, 0)]
+)
+def test_dt_init_sets_the_dt_layers_as_documented(tiny_cfg, dt_init, time_std, head_bias):
+    """released: PyTorch's defaults (timestep embedding N(0, 1), linear layers uniform in
+    +-1/sqrt(fan_in), as kzl's and the paper's code); gpt2: N(0, 0.02), zero biases (HF, CORL)."""
+    cfg = tiny_cfg.replace(max_ep_len=1000, dt_init=dt_init)
+    dt = DecisionTransformer(cfg, seed=0)
+    assert float(dt.embed_timestep.weight.detach().std()) == pytest.approx(time_std, rel=0.1)
+    bound = 1 / math.sqrt(cfg.d_model)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    head = dt.predict_action
+    if head_bias is None:
+        assert float(head.weight.abs().max()) <= bound and float(head.weight.std()) > 0.1
+        assert bool((head.bias != 0).any())
+    else:
+        assert float(head.weight.abs().max()) < 0.1 and float(head.weight.std()) < 0.05
+        assert bool((head.bias == head_bias).all()) and bool((dt.embed_state.bias == 0).all())
+    assert torch.all(dt.embed_ln.weight == 1) and torch.all(dt.embed_ln.bias == 0)
+    # the backbone's init is the same either way
+    other = DecisionTransformer(tiny_cfg.replace(max_ep_len=1000), seed=0)
+    torch.testing.assert_close(dt.backbone.blocks[0].attn.W_Q, other.backbone.blocks[0].attn.W_Q)
+
+
+def test_dt_init_default_is_the_released_one(tiny_cfg):
+    """The default keeps what dtlens always did: PyTorch's module defaults, bit for bit."""
+    dt = DecisionTransformer(tiny_cfg, seed=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        embed_return = torch.nn.Linear(1, tiny_cfg.d_model)
+    assert tiny_cfg.dt_init == "released"
+    assert torch.equal(dt.embed_return.weight, embed_return.weight)
 
 
 def test_bad_shapes_are_clear(tiny_dt):

@@ -113,7 +113,8 @@ def test_block_swap_within_a_family(tmp_path):
     target = replace_block(random_source(donor.cfg, seed=3), donor, 1)
     assert target.state.keys() == donor.state.keys()
     for name, p in target.state.items():
-        assert torch.equal(p, donor.state[name]) == name.startswith("blocks.1."), name
+        assert (p is donor.state[name]) == name.startswith("blocks.1."), name
+    assert not torch.equal(target.state["blocks.0.attn.W_Q"], donor.state["blocks.0.attn.W_Q"])
     with pytest.raises(DtlensError, match="another decoder family \\(LlamaForCausalLM\\)"):
         replace_block(random_source(TINY), donor, 0)
 

@@ -193,7 +193,10 @@ def read_header(path: str | os.PathLike) -> dict:
 
 def read_backbone_spec(path: str | os.PathLike) -> BackboneConfig:
     """The BackboneConfig of a backbone file or DT checkpoint, from its header alone."""
-    header = read_header(path)
+    return _header_spec(read_header(path), path)
+
+
+def _header_spec(header: dict, path: str | os.PathLike) -> BackboneConfig:
     if header["kind"] == "dt":
         return BackboneConfig(**header["config"]["backbone"])
     if header["kind"] != "backbone":
@@ -204,8 +207,8 @@ def read_backbone_spec(path: str | os.PathLike) -> BackboneConfig:
 def read_backbone(path: str | os.PathLike) -> Backbone:
     """The backbone of a file written by `save_backbone`, or of a DT checkpoint (its
     `backbone.*` tensors)."""
-    cfg, header = read_backbone_spec(path), read_header(path)
-    tensors = load_tensors(path)
+    header = read_header(path)
+    cfg, tensors = _header_spec(header, path), load_tensors(path)
     if header["kind"] == "dt":
         state = {
             k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")

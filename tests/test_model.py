@@ -145,13 +145,13 @@ def test_dt_init_sets_the_dt_layers_as_documented(tiny_cfg, dt_init, time_std, h
     dt = DecisionTransformer(cfg, seed=0)
     assert float(dt.embed_timestep.weight.detach().std()) == pytest.approx(time_std, rel=0.1)
     bound = 1 / math.sqrt(cfg.d_model)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    head = dt.predict_action
+    weight, bias = dt.predict_action.weight.detach(), dt.predict_action.bias.detach()
     if head_bias is None:
-        assert float(head.weight.abs().max()) <= bound and float(head.weight.std()) > 0.1
-        assert bool((head.bias != 0).any())
+        assert float(weight.abs().max()) <= bound and float(weight.std()) > 0.1
+        assert bool((bias != 0).any())
     else:
-        assert float(head.weight.abs().max()) < 0.1 and float(head.weight.std()) < 0.05
-        assert bool((head.bias == head_bias).all()) and bool((dt.embed_state.bias == 0).all())
+        assert float(weight.abs().max()) < 0.1 and float(weight.std()) < 0.05
+        assert bool((bias == head_bias).all()) and bool((dt.embed_state.bias == 0).all())
     assert torch.all(dt.embed_ln.weight == 1) and torch.all(dt.embed_ln.bias == 0)
     # the backbone's init is the same either way
     other = DecisionTransformer(tiny_cfg.replace(max_ep_len=1000), seed=0)

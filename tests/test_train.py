@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -265,3 +266,5 @@ def test_config_differences_ignore_what_a_continued_run_may_change():
     base = TrainConfig()
     assert base.differences(base.replace(epochs=80, device="cuda")) == []
     assert base.differences(base.replace(seed=1, lr=3e-4)) == ["lr", "seed"]
+    dt = dataclasses.replace(base.dt, dt_init="gpt2")
+    assert base.differences(base.replace(dt=dt)) == ["dt_init"]

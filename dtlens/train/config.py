@@ -165,8 +165,13 @@ class TrainConfig:
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ, except those a continued run may change: epochs, where it runs
-        and which checkpoints it keeps."""
-        a, b = self.to_dict(), other.to_dict()
+        and which checkpoints it keeps (a DT option by its own name: "padding", not "dt")."""
+
+        def flat(cfg: TrainConfig) -> dict[str, Any]:
+            d = cfg.to_dict()
+            return {k: v for k, v in d.items() if k != "dt"} | d["dt"]
+
+        a, b = flat(self), flat(other)
         return [k for k in a if k not in CONTINUABLE and a[k] != b[k]]
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import dtlens.model.backbones
 from cli.main import app
 from dtlens import DecisionTransformer, DTConfig
 from dtlens.errors import DtlensError
@@ -15,6 +16,7 @@ from dtlens.model import BackboneConfig
 from dtlens.model.activations import quick_gelu
 from dtlens.model.backbones import random_backbone, random_source, save_backbone
 from dtlens.model.checkpoint import load_model, save_model
+from dtlens.model.inits import backbone_spec, resolve_backbone
 from tests.conftest import TINY, dt_inputs
 
 runner = CliRunner()
@@ -192,6 +194,25 @@ def test_cli_model_info(tmp_path, tiny_dt):
         if n.startswith(("blocks.", "ln_final."))
     )
     assert str(blocks) in res.output and "hook points" not in res.output
+
+
+def test_a_spec_is_read_without_weights(tmp_path, tiny_dt, monkeypatch):
+    """The dry run, the studies and `model info` read a backbone's spec from its header."""
+    path = str(save_backbone(random_backbone(TINY), tmp_path / "bb.safetensors"))
+    ckpt = str(save_model(tiny_dt, tmp_path / "dt.safetensors"))
+    assert resolve_backbone(path).cfg == TINY and resolve_backbone(ckpt).cfg == TINY
+
+    def no_weights(path):
+        raise AssertionError(f"weights read from {path}")
+
+    monkeypatch.setattr(dtlens.model.backbones, "load_tensors", no_weights)
+    assert backbone_spec(path) == backbone_spec(f"shuffled:{path}") == TINY
+    assert backbone_spec(ckpt) == TINY and backbone_spec("random", size=TINY) == TINY
+    for name in (path, ckpt):
+        res = runner.invoke(app, ["model", "info", name, "--no-hooks"])
+        assert res.exit_code == 0, res.output
+    with pytest.raises(AssertionError, match="weights read"):
+        resolve_backbone(path)
 
 
 @pytest.mark.parametrize(

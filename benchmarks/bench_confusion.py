@@ -49,7 +49,7 @@ QUICK_SIZES = [("2 x 64", 2, 64, 2), ("4 x 128", 4, 128, 4)]
 
 
 def make_model(layers: int, d: int, heads: int) -> DecisionTransformer:
-    backbone = BackboneConfig(n_layers=layers, d_model=d, n_heads=heads, d_mlp=4 * d)
+    backbone = BackboneConfig.sized(layers, d, heads)
     return DecisionTransformer(DTConfig(state_dim=11, act_dim=3, backbone=backbone), seed=0)
 
 

@@ -64,7 +64,7 @@ def setup(size: str, work: Path, label: str) -> Path:
         init = {"init": str(hf)}
     else:
         layers, d, heads = QUICK_SIZES[size]
-        init = {"size": BackboneConfig(n_layers=layers, d_model=d, n_heads=heads, d_mlp=4 * d)}
+        init = {"size": BackboneConfig.sized(layers, d, heads)}
     cfg = TrainConfig(
         **init,
         dataset="mini/hopper-medium",

@@ -11,12 +11,17 @@ import typer
 from rich.console import Console
 
 from dtlens.errors import DtlensError
+from dtlens.model.config import MINI
 
 console = Console()
 err_console = Console(stderr=True)
 
 
 #: `--device` of the commands that load a run's checkpoints (`dtlens.train.run.Run`).
+#: The backbone size of a random init (`BackboneConfig.sized`: d_mlp = 4 x d_model).
+LAYERS = typer.Option(MINI.n_layers, help="Random init: blocks.")
+D_MODEL = typer.Option(MINI.d_model, help="Random init: width (d_mlp = 4 x d_model).")
+HEADS = typer.Option(MINI.n_heads, help="Random init: heads.")
 DEVICE = typer.Option(
     "cpu", help="Where checkpoints load and the analysis runs: cpu, cuda, cuda:N, mps or auto."
 )

@@ -2,7 +2,8 @@
 
 `@config_options(TrainConfig, ["lr", "epochs", ...])` adds one Typer option per named field to a
 command, with the field's default and the flag and help of its metadata; the command receives
-them together as `config: dict` (field name -> value).
+them together as `config: dict` (field name -> value), or under the name `into` says (options of a
+nested config, e.g. `into="dt"` for `DTOptions`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -22,13 +23,15 @@ def field_default(cls: type, name: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def config_options(cls: type, names: Sequence[str]) -> Callable[[Callable], Callable]:
+def config_options(
+    cls: type, names: Sequence[str], into: str = "config"
+) -> Callable[[Callable], Callable]:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
 
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
-        own = [p for p in sig.parameters.values() if p.name != "config"]
+        own = [p for p in sig.parameters.values() if p.name != into]
         generated = [
             inspect.Parameter(
                 name,
@@ -39,7 +42,8 @@ def config_options(cls: type, names: Sequence[str]) -> Callable[[Callable], Call
                     help=fields[name].metadata["help"],
                     show_default=True,
                 ),
-                annotation=hints[name],
+                # A Literal is read as text: the config's own check names the choices.
+                annotation=str if typing.get_origin(hints[name]) is Literal else hints[name],
             )
             for name in names
         ]
@@ -47,7 +51,7 @@ def config_options(cls: type, names: Sequence[str]) -> Callable[[Callable], Call
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             config = {name: kwargs.pop(name) for name in names}
-            return fn(config=config, **kwargs)
+            return fn(**{into: config}, **kwargs)
 
         own_hints = typing.get_type_hints(fn)
         command.__signature__ = sig.replace(parameters=[*own, *generated])

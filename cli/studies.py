@@ -10,11 +10,11 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, parse_int_list, user_errors
+from cli.common import D_MODEL, HEADS, LAYERS, console, parse_int_list, user_errors
 from cli.config_options import config_options
 from cli.main import app
 from cli.render import show
-from dtlens.model.config import MINI, BackboneConfig
+from dtlens.model.config import BackboneConfig
 from dtlens.train.config import TrainConfig
 
 STUDY_OPTIONS = [
@@ -33,16 +33,12 @@ STUDY_OPTIONS = [
     "deterministic",
 ]
 OUT = typer.Option(..., "--out", help="Study folder (runs/, diagnostics/, figures/).")
-LAYERS = typer.Option(MINI.n_layers, help="Random init: blocks.")
-D_MODEL = typer.Option(MINI.d_model, help="Random init: width (d_mlp = 4 x d_model).")
-HEADS = typer.Option(MINI.n_heads, help="Random init: heads.")
 WORKERS = typer.Option(1, help="Parallel runs on a dask LocalCluster (1 = in process).")
 SCHEDULER = typer.Option(None, help="Address of an existing dask scheduler.")
 
 
 def base_config(config: dict, layers: int, d_model: int, heads: int) -> TrainConfig:
-    size = BackboneConfig(n_layers=layers, d_model=d_model, n_heads=heads, d_mlp=4 * d_model)
-    return TrainConfig(**config, size=size)
+    return TrainConfig(**config, size=BackboneConfig.sized(layers, d_model, heads))
 
 
 def report_outcome(outcome) -> None:

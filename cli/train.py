@@ -10,34 +10,48 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, flag, is_interactive, parse_int_list, user_errors
+from cli.common import (
+    D_MODEL,
+    HEADS,
+    LAYERS,
+    console,
+    flag,
+    is_interactive,
+    parse_int_list,
+    user_errors,
+)
 from cli.config_options import config_options
 from cli.main import app
-from dtlens.model.config import MINI, BackboneConfig
+from dtlens.model.config import DT_OPTION_FIELDS, BackboneConfig, DTOptions
 from dtlens.train.config import TrainConfig, help_text
 
-#: TrainConfig fields that are one CLI option each (`size` is --layers/--d-model/--heads).
+#: TrainConfig fields that are one CLI option each (`size` is --layers/--d-model/--heads, `dt`
+#: is DT_OPTIONS).
 TRAIN_OPTIONS = [
     f
     for f in TrainConfig.__dataclass_fields__
-    if f not in ("size", "probe_size", "probe_seed", "rtg_scale", "max_ep_len", "keep_epochs")
+    if f not in ("size", "dt", "probe_size", "probe_seed", "rtg_scale", "keep_epochs")
 ]
+#: The DTOptions that have a flag (max_ep_len and action_tanh are not options of a run).
+DT_OPTIONS = [f for f in DT_OPTION_FIELDS if f not in ("max_ep_len", "action_tanh")]
 
 
 @app.command("train")
 @user_errors
 @config_options(TrainConfig, TRAIN_OPTIONS)
+@config_options(DTOptions, DT_OPTIONS, into="dt")
 def train_cmd(
     config: dict,
+    dt: dict,
     out: Path = typer.Option(
         ..., "--out", help="Run folder to create (or continue with --resume)."
     ),
     no_clip: bool = flag(
         False, "--no-clip", help="Do not clip gradients (the norm is still logged)."
     ),
-    layers: int = typer.Option(MINI.n_layers, help="Random init: blocks."),
-    d_model: int = typer.Option(MINI.d_model, help="Random init: width (d_mlp = 4 x d_model)."),
-    heads: int = typer.Option(MINI.n_heads, help="Random init: heads."),
+    layers: int = LAYERS,
+    d_model: int = D_MODEL,
+    heads: int = HEADS,
     resume: bool = flag(
         False, "--resume", help="Continue from the last complete epoch (same config)."
     ),
@@ -49,10 +63,10 @@ def train_cmd(
     OUT/metrics.nc; the diagnostics commands then write OUT/diagnostics and OUT/figures."""
     from dtlens.train.loop import train
 
-    size = BackboneConfig(n_layers=layers, d_model=d_model, n_heads=heads, d_mlp=4 * d_model)
     cfg = TrainConfig(
         **(config | {"grad_clip": None if no_clip else config["grad_clip"]}),
-        size=size,
+        size=BackboneConfig.sized(layers, d_model, heads),
+        dt=DTOptions(**dt),
         keep_epochs=None if keep_epochs is None else parse_int_list(keep_epochs),
     )
     run = train(cfg, out, resume=resume, progress=is_interactive())

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens.errors import DtlensError
 from dtlens.experiments.reproduce import plan, reproduce
-from dtlens.model.backbones import backbone_config
-from dtlens.model.checkpoint import load_backbone_file
+from dtlens.model.backbones import read_backbone
 from dtlens.model.controls import base_init, matched, shuffled, split_control
 from dtlens.model.inits import resolve_backbone
 from dtlens.pretrain import synthetic
@@ -22,8 +21,8 @@ from tests.conftest import TINY
 from tests.test_reproduce import tiny_preset
 
 
-def params(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters()}
+def params(backbone) -> dict[str, torch.Tensor]:
+    return backbone.state
 
 
 def test_shuffled_keeps_each_tensors_values_and_moves_them():
@@ -56,7 +55,7 @@ def test_matched_has_each_tensors_mean_and_std_and_nothing_else():
 
 
 def test_controls_are_pure_on_config_and_state():
-    cfg = backbone_config(resolve_backbone("random"))
+    cfg = resolve_backbone("random").cfg
     state = {"a": torch.arange(100.0), "b": torch.ones(5), "c": torch.tensor([2.0])}
     cfg_s, out = shuffled(cfg, state, seed=0)
     assert cfg_s == cfg and torch.equal(state["a"], torch.arange(100.0))  # input untouched
@@ -99,8 +98,8 @@ def test_synthetic_trains_below_its_unigram_floor(tmp_path):
     meta = result.meta
     assert meta["command"].startswith("dtlens pretrain synthetic --states 8 --order 1")
     assert meta["heldout_loss"] < meta["unigram_loss"] - 0.05
-    model = load_backbone_file(out)
-    assert model.cfg.d_vocab == 8 and backbone_config(model).act_fn == "gelu_new"
+    backbone = read_backbone(out)
+    assert backbone.d_vocab == 8 and backbone.cfg.act_fn == "gelu_new"
 
 
 def test_entropy_rate_of_known_chains():

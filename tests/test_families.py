@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens import DecisionTransformer, DTConfig
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import backbone_config, random_backbone
+from dtlens.model.backbones import random_source
 from dtlens.model.checkpoint import load_model, save_model
 from dtlens.model.families import check_against_hf, decoder_backbone, last_hidden_state
-from dtlens.model.inits import resolve_backbone
+from dtlens.model.inits import backbone_spec, resolve_backbone
 from dtlens.model.surgery import replace_block
 from dtlens.train.run import Run
 from tests.conftest import TINY, dt_inputs
@@ -67,7 +67,7 @@ FAMILIES = ["gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "llama", "mistral", "q
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_backbone_matches_hf_hidden_states(kind, tmp_path):
     hf = write_family(kind, tmp_path / kind)
-    backbone = resolve_backbone(str(tmp_path / kind))
+    backbone = resolve_backbone(str(tmp_path / kind)).build()
     tokens = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = hf(tokens, output_hidden_states=True).hidden_states
@@ -75,7 +75,8 @@ def test_backbone_matches_hf_hidden_states(kind, tmp_path):
     diffs = [float((g - w).abs().max()) for g, w in zip(got, (want[1], want[-1]), strict=True)]
     print(f"{kind}: max |dtlens - HF| per layer {diffs}")
     assert max(diffs) < 1e-4
-    assert (backbone_config(backbone).arch == ()) == (kind == "gpt2")
+    assert (resolve_backbone(str(tmp_path / kind)).cfg.arch == ()) == (kind == "gpt2")
+    assert backbone_spec(str(tmp_path / kind)) == resolve_backbone(str(tmp_path / kind)).cfg
 
 
 @pytest.mark.parametrize("kind", ["gpt_neo", "gpt_neox", "llama", "opt"])
@@ -85,7 +86,7 @@ def test_dt_on_family_hooks_and_checkpoint(kind, tmp_path):
     the real tokens (the mask reaches rotary positions and attention)."""
     write_family(kind, tmp_path / kind)
     backbone = resolve_backbone(str(tmp_path / kind))
-    cfg = DTConfig(state_dim=5, act_dim=2, backbone=backbone_config(backbone), max_ep_len=50)
+    cfg = DTConfig(state_dim=5, act_dim=2, backbone=backbone.cfg, max_ep_len=50)
     dt = DecisionTransformer(cfg, backbone=backbone).eval()
     inputs = dt_inputs(cfg, batch=2, steps=4, pad=0)
     with torch.no_grad():
@@ -109,15 +110,13 @@ def test_dt_on_family_hooks_and_checkpoint(kind, tmp_path):
 def test_block_swap_within_a_family(tmp_path):
     write_family("llama", tmp_path / "llama")
     donor = resolve_backbone(str(tmp_path / "llama"))
-    target = random_backbone(backbone_config(donor), seed=3)
-    replace_block(target, donor, 1)
-    for (name, p), (_, q) in zip(
-        target.blocks[1].named_parameters(), donor.blocks[1].named_parameters(), strict=True
-    ):
-        assert torch.equal(p, q), name
-    assert not torch.equal(target.blocks[0].attn.W_Q, donor.blocks[0].attn.W_Q)
+    target = replace_block(random_source(donor.cfg, seed=3), donor, 1)
+    assert target.state.keys() == donor.state.keys()
+    for name, p in target.state.items():
+        assert (p is donor.state[name]) == name.startswith("blocks.1."), name
+    assert not torch.equal(target.state["blocks.0.attn.W_Q"], donor.state["blocks.0.attn.W_Q"])
     with pytest.raises(DtlensError, match="another decoder family \\(LlamaForCausalLM\\)"):
-        replace_block(random_backbone(TINY), donor, 0)
+        replace_block(random_source(TINY), donor, 0)
 
 
 def test_unsupported_variants_fail_in_one_line(tmp_path):
@@ -138,7 +137,7 @@ def test_unsupported_variants_fail_in_one_line(tmp_path):
     with pytest.raises(DtlensError, match="unsupported HF model type 'bert'"):
         resolve_backbone(str(tmp_path / "bert"))
     hf = write_family("gpt_neox", tmp_path / "neox")
-    backbone = resolve_backbone(str(tmp_path / "neox"))
+    backbone = resolve_backbone(str(tmp_path / "neox")).build()
     assert check_against_hf(backbone, hf) < 1e-5
     with torch.no_grad():
         backbone.blocks[1].attn.W_V.mul_(-1)  # what a mis-converted weight would do
@@ -200,7 +199,7 @@ def test_block_swap_study_with_a_llama_donor(tmp_path, hopper_file):
     swapped = next(r for r in runs.values() if r.train_config.replace_block == 1)
     donor = resolve_backbone(str(tmp_path / "llama"))
     block = swapped.load_model(0).backbone.blocks[1]
-    assert torch.equal(block.mlp.W_gate, donor.blocks[1].mlp.W_gate)
+    assert torch.equal(block.mlp.W_gate, donor.state["blocks.1.mlp.W_gate"])
     assert (out / "diagnostics" / "block_swap.nc").is_file()
 
 

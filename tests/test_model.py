@@ -8,13 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import dtlens.model.backbones
 from cli.main import app
 from dtlens import DecisionTransformer, DTConfig
 from dtlens.errors import DtlensError
 from dtlens.model import BackboneConfig
 from dtlens.model.activations import quick_gelu
-from dtlens.model.backbones import random_backbone, save_backbone
+from dtlens.model.backbones import random_backbone, random_source, save_backbone
 from dtlens.model.checkpoint import load_model, save_model
+from dtlens.model.inits import backbone_spec, resolve_backbone
 from tests.conftest import TINY, dt_inputs
 
 runner = CliRunner()
@@ -125,14 +127,47 @@ def test_checkpoint_round_trip_and_mismatch(tiny_dt, tmp_path):
 
 
 def test_dt_with_pretrained_backbone_copies_blocks(tiny_cfg):
-    donor = random_backbone(TINY, seed=42)
+    donor = random_source(TINY, seed=42)
     dt = DecisionTransformer(tiny_cfg, backbone=donor)
-    torch.testing.assert_close(dt.backbone.blocks[1].mlp.W_in, donor.blocks[1].mlp.W_in)
+    torch.testing.assert_close(dt.backbone.blocks[1].mlp.W_in, donor.state["blocks.1.mlp.W_in"])
     with pytest.raises(DtlensError, match="does not match"):
         DecisionTransformer(
             tiny_cfg,
-            backbone=random_backbone(BackboneConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32)),
+            backbone=random_source(BackboneConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32)),
         )
+
+
+@pytest.mark.parametrize(
+    "dt_init, time_std, head_bias", [("released", 1.0, None), ("gpt2", 0.02, 0)]
+)
+def test_dt_init_sets_the_dt_layers_as_documented(tiny_cfg, dt_init, time_std, head_bias):
+    """released: PyTorch's defaults (timestep embedding N(0, 1), linear layers uniform in
+    +-1/sqrt(fan_in), as kzl's and the paper's code); gpt2: N(0, 0.02), zero biases (HF, CORL)."""
+    cfg = tiny_cfg.replace(max_ep_len=1000, dt_init=dt_init)
+    dt = DecisionTransformer(cfg, seed=0)
+    assert float(dt.embed_timestep.weight.detach().std()) == pytest.approx(time_std, rel=0.1)
+    bound = 1 / math.sqrt(cfg.d_model)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    weight, bias = dt.predict_action.weight.detach(), dt.predict_action.bias.detach()
+    if head_bias is None:
+        assert float(weight.abs().max()) <= bound and float(weight.std()) > 0.1
+        assert bool((bias != 0).any())
+    else:
+        assert float(weight.abs().max()) < 0.1 and float(weight.std()) < 0.05
+        assert bool((bias == head_bias).all()) and bool((dt.embed_state.bias == 0).all())
+    assert torch.all(dt.embed_ln.weight == 1) and torch.all(dt.embed_ln.bias == 0)
+    # the backbone's init is the same either way
+    other = DecisionTransformer(tiny_cfg.replace(max_ep_len=1000), seed=0)
+    torch.testing.assert_close(dt.backbone.blocks[0].attn.W_Q, other.backbone.blocks[0].attn.W_Q)
+
+
+def test_dt_init_default_is_the_released_one(tiny_cfg):
+    """The default keeps what dtlens always did: PyTorch's module defaults, bit for bit."""
+    dt = DecisionTransformer(tiny_cfg, seed=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        embed_return = torch.nn.Linear(1, tiny_cfg.d_model)
+    assert tiny_cfg.dt_init == "released"
+    assert torch.equal(dt.embed_return.weight, embed_return.weight)
 
 
 def test_bad_shapes_are_clear(tiny_dt):
@@ -159,6 +194,25 @@ def test_cli_model_info(tmp_path, tiny_dt):
         if n.startswith(("blocks.", "ln_final."))
     )
     assert str(blocks) in res.output and "hook points" not in res.output
+
+
+def test_a_spec_is_read_without_weights(tmp_path, tiny_dt, monkeypatch):
+    """The dry run, the studies and `model info` read a backbone's spec from its header."""
+    path = str(save_backbone(random_backbone(TINY), tmp_path / "bb.safetensors"))
+    ckpt = str(save_model(tiny_dt, tmp_path / "dt.safetensors"))
+    assert resolve_backbone(path).cfg == TINY and resolve_backbone(ckpt).cfg == TINY
+
+    def no_weights(path):
+        raise AssertionError(f"weights read from {path}")
+
+    monkeypatch.setattr(dtlens.model.backbones, "load_tensors", no_weights)
+    assert backbone_spec(path) == backbone_spec(f"shuffled:{path}") == TINY
+    assert backbone_spec(ckpt) == TINY and backbone_spec("random", size=TINY) == TINY
+    for name in (path, ckpt):
+        res = runner.invoke(app, ["model", "info", name, "--no-hooks"])
+        assert res.exit_code == 0, res.output
+    with pytest.raises(AssertionError, match="weights read"):
+        resolve_backbone(path)
 
 
 @pytest.mark.parametrize(

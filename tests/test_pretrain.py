@@ -12,10 +12,9 @@ import dtlens.io
 import dtlens.paths
 from cli.main import app
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import backbone_config, read_header
-from dtlens.model.checkpoint import load_backbone_file
+from dtlens.model.backbones import read_backbone, read_header
 from dtlens.model.config import MINI, BackboneConfig
-from dtlens.model.inits import resolve_backbone
+from dtlens.model.inits import backbone_spec, resolve_backbone
 from dtlens.paths import EMBEDDED_BACKBONES, backbone_cache_path
 from dtlens.paths import embedded_backbone_path as backbone_path
 from dtlens.pretrain import image, synthetic, text
@@ -78,22 +77,23 @@ def test_tiny_run_writes_a_loadable_deterministic_backbone(kind, tmp_path):
         builder(steps=3, seed=7, out=p, size=TINY, batch_size=4, progress=False) for p in paths
     ]
     family, norm, act = FAMILIES[kind]
-    model = load_backbone_file(paths[0])
-    cfg = backbone_config(model.cfg)
+    backbone = read_backbone(paths[0])
+    cfg = backbone.cfg
     assert (cfg.normalization_type, cfg.act_fn, cfg.d_model) == (norm, act, TINY.d_model)
     meta = read_header(paths[0])["meta"]
     assert meta == results[0].meta and meta["family"] == family and meta["steps"] == 3
     flags = CORPUS_FLAGS[kind]
     assert meta["command"] == f"dtlens pretrain {kind} {flags} --steps 3 --seed 7 --out {paths[0]}"
-    other = load_backbone_file(paths[1]).state_dict()
-    assert all(torch.equal(v, other[k]) for k, v in model.state_dict().items())
+    other = read_backbone(paths[1]).state
+    assert all(torch.equal(v, other[k]) for k, v in backbone.state.items())
 
 
 @pytest.mark.parametrize("kind", EMBEDDED_BACKBONES)
 def test_committed_asset_loads_with_mini_size(kind):
     path = backbone_path(kind)
     assert path.parent == dtlens.paths.BACKBONE_ASSETS
-    cfg = backbone_config(resolve_backbone(kind).cfg)
+    cfg = resolve_backbone(kind).cfg
+    assert backbone_spec(kind) == cfg
     family, norm, act = FAMILIES[kind]
     assert cfg == BackboneConfig(**{**MINI.__dict__, "normalization_type": norm, "act_fn": act})
     meta = read_header(path)["meta"]
@@ -131,7 +131,7 @@ def test_cli_pretrain_image_and_model_info(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out loss" in result.output and "unigram baseline" in result.output
-    assert load_backbone_file(out).cfg.normalization_type == "RMS"
+    assert read_backbone(out).cfg.normalization_type == "RMS"
     result = runner.invoke(app, ["model", "info", "text", "--no-hooks"])
     assert result.exit_code == 0, result.output
     assert "gelu_new" in result.output
@@ -175,4 +175,4 @@ def test_a_shipped_backbone_that_differs_from_its_manifest_is_refused(tmp_path, 
         resolve_backbone("image")
     entry["sha256"] = dtlens.io.file_sha256(assets / "image.safetensors")
     (assets / "manifest.json").write_text(json.dumps({"image": entry}))
-    assert backbone_config(resolve_backbone("image").cfg).normalization_type == "RMS"
+    assert resolve_backbone("image").cfg.normalization_type == "RMS"

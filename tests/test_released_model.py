@@ -23,8 +23,15 @@ from dtlens.diagnostics.per_sample import iter_per_sample_grads
 from dtlens.errors import DtlensError
 from dtlens.experiments.studies import block_swap_specs, check_donor, run_block_swap
 from dtlens.io import load_tensors, save_tensors
-from dtlens.model.backbones import backbone_config, random_backbone, save_backbone
-from dtlens.model.checkpoint import load_backbone_file, load_model, save_model
+from dtlens.model.backbones import (
+    Backbone,
+    random_backbone,
+    random_source,
+    read_backbone,
+    save_backbone,
+    state_of,
+)
+from dtlens.model.checkpoint import load_model, save_model
 from dtlens.model.config import BackboneConfig, BlockConfig
 from dtlens.model.padding import released_scores
 from dtlens.model.surgery import replace_block
@@ -50,16 +57,15 @@ def both_paths(dt: DecisionTransformer, inputs) -> tuple[torch.Tensor, torch.Ten
     return fast, hooked
 
 
-def mixed_backbone(index: int = 1) -> torch.nn.Module:
-    backbone = random_backbone(TINY, seed=0)
-    replace_block(backbone, perturb_(random_backbone(OTHER, seed=3)), index)
-    return backbone
+def mixed_backbone(index: int = 1) -> Backbone:
+    donor = Backbone(OTHER, state_of(perturb_(random_backbone(OTHER, seed=3))))
+    return replace_block(random_source(TINY, seed=0), donor, index)
 
 
 def mixed_dt(**options) -> DecisionTransformer:
     """A DT on `mixed_backbone()` with `options`, its weights moved off their init."""
     backbone = mixed_backbone()
-    cfg = DTConfig(5, 2, backbone_config(backbone), max_ep_len=50, **options)
+    cfg = DTConfig(state_dim=5, act_dim=2, backbone=backbone.cfg, max_ep_len=50, **options)
     return perturb_(DecisionTransformer(cfg, backbone)).eval()
 
 
@@ -181,7 +187,7 @@ def test_tied_action_head_by_hand():
 # -- mixed blocks --------------------------------------------------------------------------------
 def test_donor_block_of_other_heads_and_activation():
     backbone = mixed_backbone()
-    cfg = backbone_config(backbone)
+    cfg = backbone.cfg
     assert cfg.blocks == (BlockConfig(1, n_heads=4, d_mlp=48, act_fn="relu"),)
     assert cfg.block(0) == TINY and cfg.block(1).n_heads == 4
     dt = DecisionTransformer(
@@ -205,24 +211,24 @@ def test_donor_block_of_other_heads_and_activation():
 def test_donor_block_of_another_width_is_refused():
     wide = BackboneConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64)
     with pytest.raises(DtlensError, match="d_model 32 vs 16"):
-        replace_block(random_backbone(TINY), random_backbone(wide), 0)
+        replace_block(random_source(TINY), random_source(wide), 0)
     with pytest.raises(DtlensError, match="out of range"):
-        replace_block(random_backbone(TINY), random_backbone(OTHER), 2)
+        replace_block(random_source(TINY), random_source(OTHER), 2)
 
 
 def test_mixed_backbone_checkpoints_round_trip(tmp_path):
     backbone = mixed_backbone()
-    cfg = DTConfig(state_dim=5, act_dim=2, backbone=backbone_config(backbone), max_ep_len=50)
+    cfg = DTConfig(state_dim=5, act_dim=2, backbone=backbone.cfg, max_ep_len=50)
     dt = DecisionTransformer(cfg, backbone).eval()
     loaded = load_model(save_model(dt, tmp_path / "dt.safetensors")).eval()
     assert loaded.cfg == dt.cfg
     inputs = dt_inputs(cfg, pad=1)
     with torch.no_grad():
         torch.testing.assert_close(loaded(*inputs), dt(*inputs), rtol=0, atol=0)
-    again = load_backbone_file(save_backbone(backbone, tmp_path / "bb.safetensors"))
-    assert backbone_config(again) == backbone_config(backbone)
-    for name, p in backbone.named_parameters():
-        torch.testing.assert_close(dict(again.named_parameters())[name], p, rtol=0, atol=0)
+    again = read_backbone(save_backbone(backbone.build(), tmp_path / "bb.safetensors"))
+    assert again.cfg == backbone.cfg and again.state.keys() == backbone.state.keys()
+    for name, p in backbone.state.items():
+        torch.testing.assert_close(again.state[name], p, rtol=0, atol=0)
 
 
 def test_checkpoint_without_the_new_fields_still_loads(tmp_path):
@@ -231,7 +237,7 @@ def test_checkpoint_without_the_new_fields_still_loads(tmp_path):
     path = save_model(dt, tmp_path / "old.safetensors")
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["dtlens"])
-    for key in ("padding", "time_embed", "tie_action_head"):
+    for key in ("padding", "time_embed", "tie_action_head", "dt_init"):
         del header["config"][key]
     del header["config"]["backbone"]["blocks"]
     save_tensors(load_tensors(path), path, metadata={"dtlens": json.dumps(header)})
@@ -338,8 +344,8 @@ def test_block_swap_study_with_the_released_block_zero(hopper_file, tmp_path):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"padding": "released"},
-        {"time_embed": "after_norm", "tie_action_head": True},
+        {"dt": {"padding": "released"}},
+        {"dt": {"time_embed": "after_norm", "tie_action_head": True}},
         {"replace_block": 1},
     ],
 )
@@ -351,7 +357,7 @@ def test_tiny_run_with_each_option(hopper_file, tmp_path, changes):
     run = train(cfg, tmp_path / "run", progress=False)
     model = run.load_model(1)
     for key in ("padding", "time_embed", "tie_action_head"):
-        assert getattr(model.cfg, key) == getattr(cfg, key)
+        assert getattr(model.cfg, key) == getattr(cfg.dt, key)
     if "replace_block" in changes:
         assert model.cfg.backbone.blocks == (BlockConfig(1, n_heads=4, d_mlp=48, act_fn="relu"),)
     before, after = run.load_model(0).state_dict(), model.state_dict()
@@ -364,14 +370,21 @@ def test_cli_train_flags(hopper_file, tmp_path):
     args += ["--heads", "2", "--epochs", "1", "--steps", "2", "--batch-size", "4"]
     args += ["--context", "3", "--eval-episodes", "0"]
     options = ["--padding", "released", "--time-embed", "after_norm", "--tie-action-head"]
+    options += ["--dt-init", "gpt2"]
     res = runner.invoke(app, [*args, *options, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    model = json.loads((out / "config.json").read_text())["model"]
+    config = json.loads((out / "config.json").read_text())
+    model = config["model"]
     assert (model["padding"], model["time_embed"], model["tie_action_head"]) == (
         "released",
         "after_norm",
         True,
     )
+    assert model["dt_init"] == config["train"]["dt"]["dt_init"] == "gpt2"
+    time_embed = load_tensors(out / "checkpoints" / "epoch-0000.safetensors")[
+        "embed_timestep.weight"
+    ]
+    assert float(time_embed.std()) < 0.05  # N(0, 0.02), not PyTorch's N(0, 1)
     res = runner.invoke(app, [*args, "--padding", "sideways", "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "--padding must be masked or released" in res.output
 

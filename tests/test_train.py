@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from transformer_lens import HookedTransformer
 from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.errors import DtlensError
 from dtlens.model.backbones import random_backbone, save_backbone
 from dtlens.model.checkpoint import load_model
+from dtlens.model.config import MINI
 from dtlens.train import loop
 from dtlens.train.loop import train
 from dtlens.train.run import Run
@@ -74,6 +77,52 @@ def test_resume_after_a_crash_equals_uninterrupted(hopper_file, tmp_path, monkey
     la = xr.open_dataset(full.path / "metrics.nc")["loss"].values
     lb = xr.open_dataset(resumed.path / "metrics.nc")["loss"].values
     np.testing.assert_array_equal(la, lb)
+
+
+def count_backbone_builds(monkeypatch) -> list[int]:
+    """A list that grows by one each time a HookedTransformer is constructed."""
+    built: list[int] = []
+    init = HookedTransformer.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(HookedTransformer, "__init__", counting_init)
+    return built
+
+
+@pytest.mark.parametrize(
+    "changes, most",
+    [
+        ({"init": "text"}, 1),  # the DT's own backbone, loading the file's weights
+        ({"init": "random"}, 2),  # the random source, then the DT's
+        ({"init": "random", "replace_block": 1, "donor": "text"}, 2),
+    ],
+)
+def test_training_builds_the_backbone_at_most_twice(
+    hopper_file, tmp_path, monkeypatch, changes, most
+):
+    """Sources give (spec, weights); the DT is built once and never saved and reloaded."""
+    cfg = tiny_train_config(hopper_file, size=MINI, epochs=1, eval_episodes=0, **changes)
+    built = count_backbone_builds(monkeypatch)
+    train(cfg, tmp_path / "run", progress=False)
+    assert len(built) <= most <= 2
+
+
+def test_config_json_of_the_flat_layout_still_loads(hopper_file, tmp_path):
+    """Runs written when TrainConfig held the DT options flat (max_ep_len, resid_dropout, ...
+    at the top of config.json's "train") load, resume and compare as before."""
+    cfg = tiny_train_config(hopper_file, epochs=1, eval_episodes=0, dt={"padding": "released"})
+    run = train(cfg, tmp_path / "run", progress=False)
+    config = json.loads((run.path / "config.json").read_text())
+    flat = {k: v for k, v in config["train"].items() if k != "dt"}
+    flat |= {k: v for k, v in config["train"]["dt"].items() if k not in ("action_tanh", "dt_init")}
+    assert "resid_dropout" in flat and "padding" in flat
+    (run.path / "config.json").write_text(json.dumps(config | {"train": flat}))
+    assert Run(run.path).train_config == cfg
+    resumed = train(cfg.replace(epochs=2), run.path, resume=True, progress=False)
+    assert resumed.last_epoch() == 2
 
 
 def test_replace_block_zero_really_replaces_block_zero(hopper_file, tmp_path):
@@ -217,3 +266,5 @@ def test_config_differences_ignore_what_a_continued_run_may_change():
     base = TrainConfig()
     assert base.differences(base.replace(epochs=80, device="cuda")) == []
     assert base.differences(base.replace(seed=1, lr=3e-4)) == ["lr", "seed"]
+    dt = dataclasses.replace(base.dt, dt_init="gpt2")
+    assert base.differences(base.replace(dt=dt)) == ["dt_init"]

@@ -23,10 +23,9 @@ from dtlens.diagnostics.registry import RUN_DIAGNOSTICS, STUDY_DIAGNOSTICS
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.reproduce import Plan, plan
 from dtlens.experiments.runs import RunSpec, choose_cluster
-from dtlens.model.backbones import backbone_config, random_backbone
 from dtlens.model.config import BackboneConfig, DTConfig
 from dtlens.model.dt import DecisionTransformer
-from dtlens.model.inits import resolve_backbone
+from dtlens.model.inits import backbone_spec
 from dtlens.train.config import TrainConfig
 from dtlens.train.device import check_device
 from dtlens.train.loop import train_step
@@ -212,16 +211,19 @@ class _Timer:
     def time(self, cfg: TrainConfig, dataset: OfflineDataset) -> StepTime:
         """The step time of `cfg`'s model size (a donor's block keeps the random size)."""
         init = repr(cfg.size) if cfg.init == "random" else f"{cfg.init} {cfg.imagegpt_norm}"
-        backbone = None
-        if init not in self.sizes:
-            backbone = resolve_backbone(cfg.init, size=cfg.size, imagegpt_norm=cfg.imagegpt_norm)
-            self.sizes[init] = backbone_config(backbone.cfg)
+        if init not in self.sizes:  # the header alone: the weights do not change the time
+            self.sizes[init] = backbone_spec(
+                cfg.init, size=cfg.size, imagegpt_norm=cfg.imagegpt_norm
+            )
         size = self.sizes[init]
         if repr(size) not in self.models:
             dt_cfg = DTConfig(
-                dataset.obs_dim, dataset.act_dim, backbone=size, max_ep_len=cfg.max_ep_len
+                state_dim=dataset.obs_dim,
+                act_dim=dataset.act_dim,
+                backbone=size,
+                max_ep_len=cfg.dt.max_ep_len,
             )
-            model = DecisionTransformer(dt_cfg, backbone=backbone or random_backbone(size), seed=0)
+            model = DecisionTransformer(dt_cfg, seed=0)
             self.models[repr(size)] = (model.to(self.device), dataset)
         key = (repr(size), cfg.context_len)
         if key not in self.times:
@@ -234,7 +236,10 @@ class _Timer:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         sampler = WindowSampler(
-            dataset, context_len=cfg.context_len, rtg_scale=cfg.rtg_scale, max_ep_len=cfg.max_ep_len
+            dataset,
+            context_len=cfg.context_len,
+            rtg_scale=cfg.rtg_scale,
+            max_ep_len=cfg.dt.max_ep_len,
         )
         rng = np.random.default_rng(0)
         timed = cfg.replace(precision=self.precision)

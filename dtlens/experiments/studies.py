@@ -15,10 +15,9 @@ from dtlens.diagnostics import blocks as blocks_study
 from dtlens.diagnostics import context
 from dtlens.errors import DtlensError
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
-from dtlens.model.backbones import backbone_config
 from dtlens.model.config import BackboneConfig
 from dtlens.model.controls import split_control
-from dtlens.model.inits import resolve_backbone
+from dtlens.model.inits import backbone_spec
 from dtlens.train.config import TrainConfig
 from dtlens.train.run import Run
 
@@ -42,7 +41,7 @@ def check_donor(donor: str, size: BackboneConfig, imagegpt_norm: str = "rms") ->
     """Fail before any run if the donor's blocks cannot go into a random DT of `size`: the widths
     must match (a block of other heads or activation makes a mixed backbone). Returns the
     donor's config."""
-    theirs = backbone_config(resolve_backbone(donor, imagegpt_norm=imagegpt_norm))
+    theirs = backbone_spec(donor, imagegpt_norm=imagegpt_norm)
     if theirs.d_model != size.d_model:
         raise DtlensError(
             f"donor {donor} does not fit the random model: d_model {theirs.d_model} != "

@@ -1,5 +1,8 @@
-"""Backbones: a TransformerLens HookedTransformer built from a BackboneConfig.
+"""Backbones: a spec and its weights (`Backbone`), and the one function that builds the module.
 
+Data flows one way, as in nanoGPT and TransformerLens: a source gives a `BackboneConfig` and a
+state dict in TransformerLens names (`dtlens.model.inits`), block surgery combines two of them
+(`dtlens.model.surgery`), and `new_backbone` builds the HookedTransformer that loads them.
 `random` follows HF GPT-2's initialisation; `gpt2` / `imagegpt` come from a local HF directory or
 the HF cache (never the network); embedded backbones and dtlens checkpoints come from safetensors.
 """
@@ -12,6 +15,7 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,7 +25,7 @@ from transformer_lens.components import TransformerBlock
 
 import dtlens.model.activations  # noqa: F401  (registers quick_gelu before any config is built)
 from dtlens.errors import DtlensError
-from dtlens.io import save_tensors
+from dtlens.io import load_tensors, save_tensors
 from dtlens.model.config import BLOCK_FIELDS, BackboneConfig, BlockConfig
 
 HF_NAMES = {"gpt2": "gpt2", "imagegpt": "openai/imagegpt-small"}
@@ -87,21 +91,44 @@ def backbone_config(model: HookedTransformer | HookedTransformerConfig) -> Backb
     return dataclasses.replace(backbone_config(model.cfg), blocks=tuple(blocks))
 
 
-def set_block(model: HookedTransformer, index: int, cfg: BackboneConfig) -> TransformerBlock:
-    """Put a new (uninitialised) block built from the uniform `cfg` at `index`; hook names stay
-    `blocks.{index}.*`. Returns the block."""
-    block = TransformerBlock(tl_config(cfg, model.cfg.d_vocab, model.cfg.n_ctx), index)
-    model.blocks[index] = block.to(next(model.blocks[index].parameters()).device)
-    model.setup()  # re-register the new block's hook points under their names
-    return block
-
-
 def new_backbone(cfg: BackboneConfig, d_vocab: int = 1, n_ctx: int = 1) -> HookedTransformer:
-    """An uninitialised HookedTransformer (weights are torch.empty), mixed blocks built apart."""
+    """The one way to build a backbone module: an uninitialised HookedTransformer (weights are
+    torch.empty) of `cfg`, a mixed backbone's own blocks included."""
     model = HookedTransformer(tl_config(cfg, d_vocab=d_vocab, n_ctx=n_ctx), move_to_device=False)
-    for own in cfg.blocks:
-        set_block(model, own.index, cfg.block(own.index))
+    if cfg.blocks:
+        # TransformerLens builds uniform blocks; a mixed backbone's own blocks replace them here,
+        # before any weight is in, and setup() registers their hook points under their names.
+        for own in cfg.blocks:
+            tl = tl_config(cfg.block(own.index), d_vocab=d_vocab, n_ctx=n_ctx)
+            model.blocks[own.index] = TransformerBlock(tl, own.index)
+        model.setup()
     return model
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone as data: its spec and its weights (TransformerLens names), no module.
+
+    `state` holds every parameter of the module `build` makes: the blocks and final norm, and the
+    token/position embeddings and unembedding (`d_vocab`, `n_ctx` give their sizes), which a DT
+    does not use.
+    """
+
+    cfg: BackboneConfig
+    state: dict[str, torch.Tensor]
+    d_vocab: int = 1
+    n_ctx: int = 1
+
+    def build(self) -> HookedTransformer:
+        """The HookedTransformer holding these weights."""
+        model = new_backbone(self.cfg, d_vocab=self.d_vocab, n_ctx=self.n_ctx)
+        load_params(model, self.state, source="backbone")
+        return model
+
+
+def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's parameters by name, detached (shared with the module, not copied)."""
+    return {name: p.detach() for name, p in module.named_parameters()}
 
 
 @torch.no_grad()
@@ -123,12 +150,17 @@ def init_gpt2_(model: HookedTransformer, std: float = 0.02) -> HookedTransformer
 
 
 def random_backbone(cfg: BackboneConfig, seed: int = 0) -> HookedTransformer:
-    """A randomly initialised backbone (HF GPT-2 init), reproducible from `seed`."""
+    """A randomly initialised backbone module (HF GPT-2 init), reproducible from `seed`."""
     model = new_backbone(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         init_gpt2_(model)
     return model
+
+
+def random_source(cfg: BackboneConfig, seed: int = 0) -> Backbone:
+    """The `random` init as (spec, weights): `random_backbone`'s parameters."""
+    return Backbone(cfg, state_of(random_backbone(cfg, seed)))
 
 
 def save_backbone(model: HookedTransformer, path: str | os.PathLike, **meta: object) -> Path:
@@ -157,6 +189,32 @@ def read_header(path: str | os.PathLike) -> dict:
     if "dtlens" not in meta:
         raise DtlensError(f"{path}: safetensors file without a dtlens header")
     return json.loads(meta["dtlens"])
+
+
+def read_backbone_spec(path: str | os.PathLike) -> BackboneConfig:
+    """The BackboneConfig of a backbone file or DT checkpoint, from its header alone."""
+    return _header_spec(read_header(path), path)
+
+
+def _header_spec(header: dict, path: str | os.PathLike) -> BackboneConfig:
+    if header["kind"] == "dt":
+        return BackboneConfig(**header["config"]["backbone"])
+    if header["kind"] != "backbone":
+        raise DtlensError(f"{path}: unknown dtlens checkpoint kind {header['kind']!r}")
+    return BackboneConfig(**header["backbone"])
+
+
+def read_backbone(path: str | os.PathLike) -> Backbone:
+    """The backbone of a file written by `save_backbone`, or of a DT checkpoint (its
+    `backbone.*` tensors)."""
+    header = read_header(path)
+    cfg, tensors = _header_spec(header, path), load_tensors(path)
+    if header["kind"] == "dt":
+        state = {
+            k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")
+        }
+        return Backbone(cfg, state)
+    return Backbone(cfg, tensors, d_vocab=header["d_vocab"], n_ctx=header["n_ctx"])
 
 
 def load_params(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -193,8 +251,8 @@ def quiet_hf() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def load_hf_pretrained(name_or_path: str):
-    """Load an HF model from a local directory or the HF cache, offline."""
+def hf_config(name_or_path: str):
+    """The HF config of a model in a local directory or the HF cache, offline; GPT-2 or ImageGPT."""
     from transformers import AutoConfig
 
     ref = HF_NAMES.get(name_or_path, name_or_path)
@@ -206,13 +264,21 @@ def load_hf_pretrained(name_or_path: str):
             f"(huggingface-cli download {ref}) and pass its directory, or copy the HF cache into "
             f"$HF_HOME ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
         ) from None
-    from transformers import GPT2Model, ImageGPTModel
-
-    classes = {"gpt2": GPT2Model, "imagegpt": ImageGPTModel}
-    if config.model_type not in classes:
+    if config.model_type not in ("gpt2", "imagegpt"):
         raise DtlensError(
             f"{name_or_path}: unsupported architecture {config.model_type!r} "
-            f"(supported: {sorted(classes)})"
+            f"(supported: ['gpt2', 'imagegpt'])"
         )
+    return config
+
+
+def load_hf_pretrained(name_or_path: str):
+    """Load an HF GPT-2 or ImageGPT model from a local directory or the HF cache, offline."""
+    from transformers import GPT2Model, ImageGPTModel
+
+    config = hf_config(name_or_path)
+    model_cls = {"gpt2": GPT2Model, "imagegpt": ImageGPTModel}[config.model_type]
     with quiet_hf():
-        return classes[config.model_type].from_pretrained(ref, local_files_only=True)
+        return model_cls.from_pretrained(
+            HF_NAMES.get(name_or_path, name_or_path), local_files_only=True
+        )

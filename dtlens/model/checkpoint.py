@@ -11,12 +11,10 @@ import json
 import os
 from pathlib import Path
 
-from transformer_lens import HookedTransformer
-
 from dtlens.errors import DtlensError
 from dtlens.io import load_tensors, save_tensors
-from dtlens.model.backbones import load_params, new_backbone, read_header
-from dtlens.model.config import BackboneConfig, DTConfig, config_mismatches
+from dtlens.model.backbones import load_params, read_header
+from dtlens.model.config import DTConfig, config_mismatches
 from dtlens.model.dt import DecisionTransformer
 
 
@@ -48,18 +46,5 @@ def load_model(
         if diff:
             raise DtlensError(f"{path}: checkpoint of another config ({'; '.join(diff)})")
     model = into if into is not None else DecisionTransformer(cfg)
-    load_params(model, load_tensors(path), source=str(path))
-    return model
-
-
-def load_backbone_file(path: str | os.PathLike) -> HookedTransformer:
-    """Load a backbone saved by `save_backbone`, or the backbone of a DT checkpoint."""
-    header = read_header(path)
-    if header["kind"] == "dt":
-        return load_model(path).backbone
-    if header["kind"] != "backbone":
-        raise DtlensError(f"{path}: unknown dtlens checkpoint kind {header['kind']!r}")
-    cfg = BackboneConfig(**header["backbone"])
-    model = new_backbone(cfg, d_vocab=header["d_vocab"], n_ctx=header["n_ctx"])
     load_params(model, load_tensors(path), source=str(path))
     return model

@@ -6,6 +6,7 @@ Plain dataclasses (no torch): the CLI and the train config read them without loa
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,6 +78,11 @@ class BackboneConfig:
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
+    @classmethod
+    def sized(cls, n_layers: int, d_model: int, n_heads: int) -> BackboneConfig:
+        """A GPT-2-layout backbone of these sizes, with GPT-2's MLP width d_mlp = 4 x d_model."""
+        return cls(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=4 * d_model)
+
     def block(self, index: int) -> BackboneConfig:
         """The uniform config that block `index` is built from."""
         own = {b.index: b for b in self.blocks}.get(index)
@@ -90,12 +96,28 @@ PAPER_RANDOM = BackboneConfig(
     n_layers=12, d_model=768, n_heads=1, d_mlp=3072, act_fn="relu", normalization_type="LN"
 )
 #: The `mini` preset's size, shared by its random, language and image backbones.
-MINI = BackboneConfig(n_layers=3, d_model=128, n_heads=4, d_mlp=512)
+MINI = BackboneConfig.sized(n_layers=3, d_model=128, n_heads=4)
+
+
+PADDINGS = ("masked", "released")
+TIME_EMBEDS = ("before_norm", "after_norm")
+DT_INITS = ("released", "gpt2")
+DTInit = Literal["released", "gpt2"]
+
+
+def option(default: Any, flag: str | None, help: str) -> Any:
+    """A config field with its CLI flag (None: not one flag) and one-line help; a callable
+    default is a factory."""
+    metadata = {"flag": flag, "help": help}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
-class DTConfig:
-    """A Decision Transformer: embeddings of (R, s, a) tokens, a backbone, a tanh action head.
+class DTOptions:
+    """The Decision Transformer's own options (all but its sizes and backbone), declared once:
+    `DTConfig` derives from it and `TrainConfig.dt` holds it.
 
     Dropout follows the paper: residual/MLP 0.2, attention 0.1, embeddings 0.1.
 
@@ -111,29 +133,74 @@ class DTConfig:
     - `tie_action_head=True`: `--share_input_output_proj` predicts actions as
       tanh(h @ embed_action.weight), the action embedding transposed, no bias (the released head
       always applies tanh; here `action_tanh` still decides).
+
+    `dt_init` initialises the DT's own layers (embeddings, their norm, the action head; the
+    backbone has its own init): "released" keeps PyTorch's module defaults, as kzl's DT and the
+    paper's released code (the timestep embedding N(0, 1), linear layers uniform in
+    +-1/sqrt(fan_in)); "gpt2" draws weights N(0, 0.02) with zero biases and unit norms, as HF's
+    `DecisionTransformerModel._init_weights` and CORL's `dt.py`.
     """
 
-    state_dim: int
-    act_dim: int
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    max_ep_len: int = 1000
-    resid_dropout: float = 0.2
-    attn_dropout: float = 0.1
-    embed_dropout: float = 0.1
-    action_tanh: bool = True
-    padding: Padding = "masked"
-    time_embed: TimeEmbed = "before_norm"
-    tie_action_head: bool = False
+    max_ep_len: int = option(
+        1000, "--max-ep-len", "Longest episode: size of the timestep embedding."
+    )
+    resid_dropout: float = option(0.2, "--resid-dropout", "Residual and MLP dropout (paper 0.2).")
+    attn_dropout: float = option(0.1, "--attn-dropout", "Attention dropout (paper 0.1).")
+    embed_dropout: float = option(0.1, "--embed-dropout", "Embedding dropout (paper 0.1).")
+    action_tanh: bool = option(True, None, "tanh on the predicted actions.")
+    padding: Padding = option(
+        "masked", "--padding", "masked, or released: the paper's GPT-2 padding (DTConfig.padding)."
+    )
+    time_embed: TimeEmbed = option(
+        "before_norm", "--time-embed", "before_norm, or after_norm as the paper's released DT."
+    )
+    tie_action_head: bool = option(
+        False, "--tie-action-head", "Action head = action embedding transposed (paper's option)."
+    )
+    dt_init: DTInit = option(
+        "released",
+        "--dt-init",
+        "The DT's own layers: released (PyTorch defaults, as the paper's code) or gpt2 "
+        "(N(0, 0.02), as HF and CORL).",
+    )
 
     def __post_init__(self) -> None:
-        if self.state_dim < 1 or self.act_dim < 1 or self.max_ep_len < 1:
-            raise DtlensError(f"state_dim, act_dim and max_ep_len must be positive: {self}")
-        if self.padding not in ("masked", "released"):
-            raise DtlensError(f"padding must be masked or released, got {self.padding!r}")
-        if self.time_embed not in ("before_norm", "after_norm"):
-            raise DtlensError(
-                f"time_embed must be before_norm or after_norm, got {self.time_embed!r}"
-            )
+        """Every option in range, else DtlensError in the CLI's words."""
+        self._require("max_ep_len", self.max_ep_len >= 1, "be >= 1")
+        for name in ("resid_dropout", "attn_dropout", "embed_dropout"):
+            value = getattr(self, name)
+            self._require(name, math.isfinite(value) and 0 <= value < 1, "be in [0, 1)")
+        self._require("padding", self.padding in PADDINGS, "be masked or released")
+        self._require("time_embed", self.time_embed in TIME_EMBEDS, "be before_norm or after_norm")
+        self._require("dt_init", self.dt_init in DT_INITS, "be released or gpt2")
+
+    def _require(self, name: str, ok: bool, rule: str) -> None:
+        if not ok:
+            flag = DT_OPTION_FIELDS[name].metadata["flag"] or name
+            raise DtlensError(f"{flag} must {rule}, got {getattr(self, name)!r}")
+
+    @property
+    def options(self) -> DTOptions:
+        """These options alone (a DTConfig's without its sizes and backbone)."""
+        return DTOptions(**{name: getattr(self, name) for name in DT_OPTION_FIELDS})
+
+
+DT_OPTION_FIELDS = {f.name: f for f in dataclasses.fields(DTOptions)}
+
+
+@dataclass(frozen=True)
+class DTConfig(DTOptions):
+    """A Decision Transformer: embeddings of (R, s, a) tokens, a backbone, a tanh action head;
+    its options are `DTOptions`'."""
+
+    state_dim: int = field(kw_only=True)
+    act_dim: int = field(kw_only=True)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.state_dim < 1 or self.act_dim < 1:
+            raise DtlensError(f"state_dim and act_dim must be positive: {self}")
         if isinstance(self.backbone, dict):  # from JSON
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
 

@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import load_params, new_backbone
+from dtlens.model.backbones import Backbone
 from dtlens.model.config import BackboneConfig
 
 ImageGPTNorm = Literal["rms", "layernorm"]
@@ -92,28 +92,31 @@ def convert_gpt2_blocks(
 
 
 @torch.no_grad()
-def backbone_from_hf(hf_model: nn.Module, imagegpt_norm: ImageGPTNorm = "rms") -> HookedTransformer:
-    """Convert an HF GPT2Model, GPT2LMHeadModel, ImageGPTModel or ImageGPTForCausalImageModeling.
-
-    The result runs on token ids like the HF model (token and position embeddings included) and
-    its `ln_final` output equals HF's last hidden state. ImageGPT keeps its RMS-style norm;
-    `imagegpt_norm="layernorm"` reproduces the paper's code, which loaded ImageGPT through
-    GPT2Model: a LayerNorm (mean subtracted) with ImageGPT's weight and a zero bias.
+def hf_backbone(hf_model: nn.Module, imagegpt_norm: ImageGPTNorm = "rms") -> Backbone:
+    """An HF GPT2Model, GPT2LMHeadModel, ImageGPTModel or ImageGPTForCausalImageModeling as
+    (spec, weights in TransformerLens names), token and position embeddings and unembedding
+    included. ImageGPT keeps its RMS-style norm; `imagegpt_norm="layernorm"` reproduces the
+    paper's code, which loaded ImageGPT through GPT2Model: a LayerNorm (mean subtracted) with
+    ImageGPT's weight and a zero bias.
     """
     stack, head = _split_model(hf_model)
     cfg = backbone_config_from_hf(hf_model.config, imagegpt_norm)
     sd = {k: v.detach().float() for k, v in stack.state_dict().items()}
     d_vocab, n_ctx = sd["wte.weight"].shape[0], sd["wpe.weight"].shape[0]
     W_U = (head if head is not None else sd["wte.weight"]).detach().float().T
-    model = new_backbone(cfg, d_vocab=d_vocab, n_ctx=n_ctx)
     # ImageGPT's head predicts vocab-1 classes (no start-of-sequence); pad it to d_vocab.
     if W_U.shape[1] < d_vocab:
         W_U = torch.cat([W_U, W_U.new_zeros(cfg.d_model, d_vocab - W_U.shape[1])], dim=1)
-    tensors = convert_gpt2_blocks(sd, cfg) | {
+    state = convert_gpt2_blocks(sd, cfg) | {
         "embed.W_E": sd["wte.weight"],
         "pos_embed.W_pos": sd["wpe.weight"],
         "unembed.W_U": W_U,
         "unembed.b_U": torch.zeros(d_vocab),
     }
-    load_params(model, tensors, source=type(hf_model).__name__)
-    return model
+    return Backbone(cfg, state, d_vocab=d_vocab, n_ctx=n_ctx)
+
+
+def backbone_from_hf(hf_model: nn.Module, imagegpt_norm: ImageGPTNorm = "rms") -> HookedTransformer:
+    """`hf_backbone`, built: it runs on token ids like the HF model and its `ln_final` output
+    equals HF's last hidden state."""
+    return hf_backbone(hf_model, imagegpt_norm).build()

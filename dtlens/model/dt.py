@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule, HookedTransformer
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, load_params, random_backbone
+from dtlens.model.backbones import UNUSED_BY_DT, Backbone, load_params, random_backbone
 from dtlens.model.config import DTConfig
 from dtlens.model.convert import backbone_config_from_hf, convert_gpt2_blocks
 from dtlens.model.fast import fused_blocks
@@ -53,7 +53,10 @@ class TiedActionHead(nn.Module):
 class DecisionTransformer(HookedRootModule):
     """`dt(states, actions, returns_to_go, timesteps, attention_mask) -> action_preds (B, K, A)`."""
 
-    def __init__(self, cfg: DTConfig, backbone: HookedTransformer | None = None, seed: int = 0):
+    def __init__(self, cfg: DTConfig, backbone: Backbone | None = None, seed: int = 0):
+        """Built once: the DT's own layers (`cfg.dt_init`) and the backbone module of
+        `cfg.backbone` are initialised from `seed` (the backbone by HF GPT-2's init), then
+        `backbone`'s weights, if given, are loaded into the backbone."""
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -68,6 +71,8 @@ class DecisionTransformer(HookedRootModule):
                 self.predict_action = TiedActionHead(lambda: self.embed_action.weight)
             else:
                 self.predict_action = nn.Linear(d, cfg.act_dim)
+            if cfg.dt_init == "gpt2":
+                self._init_gpt2_own_layers()
         self.backbone = random_backbone(cfg.backbone, seed=seed)
         if backbone is not None:
             self.load_backbone(backbone)
@@ -91,18 +96,30 @@ class DecisionTransformer(HookedRootModule):
         self.fast_path = True
 
     # -- construction --------------------------------------------------------------------------
-    def load_backbone(self, backbone: HookedTransformer) -> None:
-        """Copy the blocks and final norm of `backbone` (same architecture) into this DT."""
-        found = backbone_config(backbone)
-        if found != self.cfg.backbone:
+    def load_backbone(self, backbone: Backbone) -> None:
+        """Load the blocks and final norm of `backbone` (same architecture) into this DT."""
+        if backbone.cfg != self.cfg.backbone:
             raise DtlensError(
-                f"backbone does not match the DT config: {found} != {self.cfg.backbone}"
+                f"backbone does not match the DT config: {backbone.cfg} != {self.cfg.backbone}"
             )
-        theirs = dict(backbone.named_parameters())
-        with torch.no_grad():
-            for name, p in self.backbone.named_parameters():
-                if not name.startswith(UNUSED_BY_DT):
-                    p.copy_(theirs[name])
+        used = {k: v for k, v in backbone.state.items() if not k.startswith(UNUSED_BY_DT)}
+        own = {
+            k: p.detach() for k, p in self.backbone.named_parameters() if k.startswith(UNUSED_BY_DT)
+        }
+        load_params(self.backbone, used | own, "backbone")
+
+    @torch.no_grad()
+    def _init_gpt2_own_layers(self, std: float = 0.02) -> None:
+        """HF `DecisionTransformerModel._init_weights` and CORL's `dt.py` on the DT's own layers:
+        linear and embedding weights N(0, std), biases 0, the LayerNorm 1 and 0."""
+        own = (self.embed_return, self.embed_state, self.embed_action, self.embed_timestep)
+        for module in (*own, self.predict_action):
+            if isinstance(module, nn.Linear | nn.Embedding):  # a tied head is the embedding's
+                module.weight.normal_(0.0, std)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+        self.embed_ln.weight.fill_(1.0)
+        self.embed_ln.bias.zero_()
 
     def _add_dropout_hooks(self) -> None:
         """Dropout at GPT-2's places, as permanent hooks following their hook point's mode."""
@@ -292,11 +309,8 @@ class DecisionTransformer(HookedRootModule):
             embed_dropout=c.embd_pdrop,
             action_tanh=c.action_tanh,
         )
-        dt = cls(cfg)
         sd = {k: v.detach().float() for k, v in hf_dt.encoder.state_dict().items()}
-        blocks = convert_gpt2_blocks(sd, bcfg)
-        own = {k: v.detach().clone() for k, v in dt.backbone.named_parameters() if k not in blocks}
-        load_params(dt.backbone, blocks | own, "HF DT")
+        dt = cls(cfg, backbone=Backbone(bcfg, convert_gpt2_blocks(sd, bcfg)))
         for name in ("embed_return", "embed_state", "embed_action", "embed_timestep", "embed_ln"):
             getattr(dt, name).load_state_dict(getattr(hf_dt, name).state_dict())
         dt.embed_ln.bias += sd["wpe.weight"][0]
@@ -315,11 +329,8 @@ class DecisionTransformer(HookedRootModule):
         after a block replacement, the donor block in `cfg.backbone.blocks`. The released GPT-2
         adds no position embedding; the state and return heads are not carried over.
         """
-        dt = cls(cfg)
         sd = {k.removeprefix("transformer."): v.detach().float() for k, v in state_dict.items()}
-        blocks = convert_gpt2_blocks(sd, cfg.backbone)
-        own = {k: v.detach().clone() for k, v in dt.backbone.named_parameters() if k not in blocks}
-        load_params(dt.backbone, blocks | own, "released DT")
+        dt = cls(cfg, backbone=Backbone(cfg.backbone, convert_gpt2_blocks(sd, cfg.backbone)))
         for name in ("embed_return", "embed_state", "embed_action", "embed_timestep", "embed_ln"):
             load_params(getattr(dt, name), _prefixed(sd, name), f"released DT {name}")
         if not cfg.tie_action_head:

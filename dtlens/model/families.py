@@ -48,14 +48,8 @@ from transformer_lens.pretrained.weight_conversions import (
 )
 
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import (
-    ARCH_FIELDS,
-    SHARED_FIELDS,
-    backbone_config,
-    load_params,
-    new_backbone,
-    quiet_hf,
-)
+from dtlens.model.backbones import ARCH_FIELDS, SHARED_FIELDS, Backbone, backbone_config, quiet_hf
+from dtlens.model.config import BackboneConfig
 
 #: HF model_type -> (causal LM class, TransformerLens weight converter).
 FAMILIES = {
@@ -119,9 +113,10 @@ def tl_config_from_hf(hf_config, architecture: str) -> HookedTransformerConfig:
 
 
 @torch.no_grad()
-def decoder_backbone(hf_model: nn.Module) -> HookedTransformer:
-    """An HF causal LM of one of FAMILIES as a HookedTransformer, no weight processing; its
-    `ln_final` output equals HF's last hidden state (checked here)."""
+def decoder_backbone(hf_model: nn.Module) -> Backbone:
+    """An HF causal LM of one of FAMILIES as (spec, weights in TransformerLens names), no weight
+    processing. The conversion is checked against HF's last hidden state, which needs the module:
+    this check is the one place a family's backbone is built before the DT."""
     kind = hf_model.config.model_type
     if kind not in FAMILIES or type(hf_model).__name__ != FAMILIES[kind][0]:
         names = ", ".join(cls for cls, _ in FAMILIES.values())
@@ -129,11 +124,10 @@ def decoder_backbone(hf_model: nn.Module) -> HookedTransformer:
     _refuse_unmodelled(hf_model.config)
     architecture, convert = FAMILIES[kind]
     cfg = tl_config_from_hf(hf_model.config, architecture)
-    model = new_backbone(backbone_config(cfg), d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx)
-    tensors = {k: v.detach().float() for k, v in convert(hf_model.float(), cfg).items()}
-    load_params(model, tensors, source=architecture)
-    check_against_hf(model, hf_model)
-    return model
+    state = {k: v.detach().float() for k, v in convert(hf_model.float(), cfg).items()}
+    backbone = Backbone(backbone_config(cfg), state, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx)
+    check_against_hf(backbone.build(), hf_model)
+    return backbone
 
 
 @torch.no_grad()
@@ -159,8 +153,8 @@ def last_hidden_state(
     return model.ln_final(model(tokens, stop_at_layer=model.cfg.n_layers))
 
 
-def load_decoder_backbone(path: str | os.PathLike) -> HookedTransformer:
-    """The backbone of the local HF decoder directory `path` (never the network)."""
+def _hf_config(path: str | os.PathLike):
+    """The HF config of the local decoder directory `path`, of one of FAMILIES."""
     kind = hf_model_type(path)
     if kind is None:
         raise DtlensError(f"{path}: not an HF model directory (no readable config.json)")
@@ -169,6 +163,21 @@ def load_decoder_backbone(path: str | os.PathLike) -> HookedTransformer:
             f"{path}: unsupported HF model type {kind!r} (supported: gpt2, imagegpt, "
             f"{', '.join(FAMILIES)})"
         )
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+
+def decoder_spec(path: str | os.PathLike) -> BackboneConfig:
+    """The BackboneConfig of the local HF decoder directory `path`, from its config.json alone."""
+    hf_config = _hf_config(path)
+    _refuse_unmodelled(hf_config)
+    return backbone_config(tl_config_from_hf(hf_config, FAMILIES[hf_config.model_type][0]))
+
+
+def load_decoder_backbone(path: str | os.PathLike) -> Backbone:
+    """The backbone of the local HF decoder directory `path` (never the network)."""
+    _hf_config(path)
     from transformers import AutoModelForCausalLM
 
     with quiet_hf():

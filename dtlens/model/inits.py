@@ -3,25 +3,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-
-from transformer_lens import HookedTransformer
 
 import dtlens.paths
 from dtlens.errors import DtlensError
 from dtlens.io import file_sha256, load_json
 from dtlens.model.backbones import (
-    backbone_config,
+    Backbone,
+    hf_config,
     load_hf_pretrained,
-    load_params,
-    new_backbone,
-    random_backbone,
+    random_source,
+    read_backbone,
+    read_backbone_spec,
 )
-from dtlens.model.checkpoint import load_backbone_file
 from dtlens.model.config import MINI, PAPER_RANDOM, BackboneConfig
 from dtlens.model.controls import CONTROLS, split_control
-from dtlens.model.convert import ImageGPTNorm, backbone_from_hf
-from dtlens.model.families import hf_model_type, load_decoder_backbone
+from dtlens.model.convert import ImageGPTNorm, backbone_config_from_hf, hf_backbone
+from dtlens.model.families import decoder_spec, hf_model_type, load_decoder_backbone
 from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
 
 NAMED = ("random", "random-paper", "gpt2", "imagegpt", *EMBEDDED_BACKBONES)
@@ -32,53 +31,62 @@ def resolve_backbone(
     size: BackboneConfig = MINI,
     seed: int = 0,
     imagegpt_norm: ImageGPTNorm = "rms",
-) -> HookedTransformer:
-    """`init` is one of NAMED, an HF model directory (GPT-2, ImageGPT, or a decoder family of
-    `dtlens.model.families`), or a dtlens .safetensors file.
+) -> Backbone:
+    """The (spec, weights) of `init`: one of NAMED, an HF model directory (GPT-2, ImageGPT, or a
+    decoder family of `dtlens.model.families`), or a dtlens .safetensors file. Builds no module
+    (a decoder family's conversion check aside).
 
     `size` only shapes `random`; pretrained backbones bring their own architecture. `seed` also
     seeds the controls (`shuffled:INIT`, `matched:INIT`).
     """
+    return _resolve(init, size, seed, imagegpt_norm, spec_only=False)
+
+
+def backbone_spec(
+    init: str, size: BackboneConfig = MINI, imagegpt_norm: ImageGPTNorm = "rms"
+) -> BackboneConfig:
+    """The BackboneConfig of `init` without its weights: from a safetensors header or an HF
+    config.json (for dry runs, studies and `dtlens model info`)."""
+    return _resolve(init, size, 0, imagegpt_norm, spec_only=True)
+
+
+def _resolve(
+    init: str, size: BackboneConfig, seed: int, imagegpt_norm: ImageGPTNorm, spec_only: bool
+) -> Backbone | BackboneConfig:
+    """`resolve_backbone`, or with `spec_only` `backbone_spec`: one dispatch for both."""
     control, inner = split_control(init)
     if control is not None:
-        return _controlled(control, inner, size, seed, imagegpt_norm)
-    if init == "random":
-        return random_backbone(size, seed=seed)
-    if init == "random-paper":
-        return random_backbone(PAPER_RANDOM, seed=seed)
-    if init in EMBEDDED_BACKBONES:
-        return load_backbone_file(verified_backbone_path(init))
+        if not inner:
+            raise DtlensError(
+                f"unknown init {control + ':'!r}: name an init after it, e.g. {control}:text"
+            )
+        try:
+            source = _resolve(inner, size, seed, imagegpt_norm, spec_only)
+        except DtlensError as e:
+            raise DtlensError(f"{control}:{inner}: {e}") from None
+        if spec_only:  # a control keeps its source's architecture
+            return source
+        cfg, state = CONTROLS[control](source.cfg, source.state, seed)
+        return dataclasses.replace(source, cfg=cfg, state=state)
+    if init in ("random", "random-paper"):
+        cfg = size if init == "random" else PAPER_RANDOM
+        return cfg if spec_only else random_source(cfg, seed=seed)
     path = Path(init)
-    if path.suffix == ".safetensors":
-        return load_backbone_file(path)
+    if init in EMBEDDED_BACKBONES or path.suffix == ".safetensors":
+        if init in EMBEDDED_BACKBONES:
+            path = verified_backbone_path(init)
+        return read_backbone_spec(path) if spec_only else read_backbone(path)
     if path.is_dir() and hf_model_type(path) not in ("gpt2", "imagegpt"):
-        return load_decoder_backbone(path)
+        return decoder_spec(path) if spec_only else load_decoder_backbone(path)
     if init in ("gpt2", "imagegpt") or path.is_dir():
-        return backbone_from_hf(load_hf_pretrained(init), imagegpt_norm=imagegpt_norm)
+        if spec_only:
+            return backbone_config_from_hf(hf_config(init), imagegpt_norm)
+        return hf_backbone(load_hf_pretrained(init), imagegpt_norm=imagegpt_norm)
     raise DtlensError(
         f"unknown init {init!r}: expected one of {', '.join(NAMED)}, an HF model directory, "
         "a dtlens .safetensors checkpoint, or CONTROL:INIT with CONTROL one of "
         f"{', '.join(CONTROLS)}"
     )
-
-
-def _controlled(
-    control: str, inner: str, size: BackboneConfig, seed: int, imagegpt_norm: ImageGPTNorm
-) -> HookedTransformer:
-    """The backbone of `inner`, transformed by `control` and rebuilt from (config, state dict)."""
-    if not inner:
-        raise DtlensError(
-            f"unknown init {control + ':'!r}: name an init after it, e.g. {control}:text"
-        )
-    try:
-        source = resolve_backbone(inner, size, seed, imagegpt_norm)
-    except DtlensError as e:
-        raise DtlensError(f"{control}:{inner}: {e}") from None
-    state = {name: p.detach() for name, p in source.named_parameters()}
-    cfg, state = CONTROLS[control](backbone_config(source), state, seed)
-    model = new_backbone(cfg, d_vocab=source.cfg.d_vocab, n_ctx=source.cfg.n_ctx)
-    load_params(model, state, f"{control}:{inner}")
-    return model
 
 
 def verified_backbone_path(name: str) -> Path:

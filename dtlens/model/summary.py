@@ -6,15 +6,13 @@ import math
 import re
 from pathlib import Path
 
-from transformer_lens import HookedTransformer
-
 import dtlens.paths
 from dtlens.io import load_json
-from dtlens.model.backbones import UNUSED_BY_DT, backbone_config, read_header
-from dtlens.model.checkpoint import load_model
+from dtlens.model.backbones import UNUSED_BY_DT, read_header
+from dtlens.model.checkpoint import read_checkpoint_config
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
-from dtlens.model.inits import resolve_backbone
+from dtlens.model.inits import backbone_spec
 from dtlens.paths import EMBEDDED_BACKBONES, embedded_backbone_path
 
 
@@ -60,26 +58,31 @@ def pretraining_record(name: str) -> dict[str, object] | None:
 
 
 def describe(name: str, imagegpt_norm: str = "rms") -> tuple[dict[str, object], list[str]]:
+    """Rows and hook-name patterns of a backbone (any `--init`) or a DT checkpoint, from its
+    spec alone (a safetensors header or an HF config.json): no weights are read."""
     path = Path(name)
     if path.suffix == ".safetensors" and read_header(path).get("kind") == "dt":
-        dt = load_model(path)
-        rows = _backbone_rows(dt.backbone) | {
+        cfg, _ = read_checkpoint_config(path)
+        dt = DecisionTransformer(cfg)
+        rows = _backbone_rows(dt) | {
             "kind": "Decision Transformer",
-            "state_dim": dt.cfg.state_dim,
-            "act_dim": dt.cfg.act_dim,
-            "max_ep_len": dt.cfg.max_ep_len,
+            "state_dim": cfg.state_dim,
+            "act_dim": cfg.act_dim,
+            "max_ep_len": cfg.max_ep_len,
             "parameters (whole DT)": sum(p.numel() for p in dt.parameters()),
         }
         return rows, hook_patterns(dt.hook_names())
-    backbone = resolve_backbone(name, imagegpt_norm=imagegpt_norm)
-    cfg = backbone_config(backbone)
-    names = DecisionTransformer(DTConfig(state_dim=1, act_dim=1, backbone=cfg)).hook_names()
-    return _backbone_rows(backbone) | {"kind": "backbone"}, hook_patterns(names)
+    spec = backbone_spec(name, imagegpt_norm=imagegpt_norm)
+    dt = DecisionTransformer(DTConfig(state_dim=1, act_dim=1, backbone=spec))
+    return _backbone_rows(dt) | {"kind": "backbone"}, hook_patterns(dt.hook_names())
 
 
-def _backbone_rows(backbone: HookedTransformer) -> dict[str, object]:
-    cfg = backbone_config(backbone)
-    used = sum(p.numel() for n, p in backbone.named_parameters() if not n.startswith(UNUSED_BY_DT))
+def _backbone_rows(dt: DecisionTransformer) -> dict[str, object]:
+    """The rows of `dt`'s backbone (its blocks and final norm: what a DT uses of a backbone)."""
+    cfg = dt.cfg.backbone
+    used = sum(
+        p.numel() for n, p in dt.backbone.named_parameters() if not n.startswith(UNUSED_BY_DT)
+    )
     mixed = {
         f"block {b.index}": f"{b.n_heads} heads, {b.act_fn}, d_mlp {b.d_mlp}" for b in cfg.blocks
     }

@@ -1,20 +1,16 @@
-"""Block surgery: put one block of a donor backbone into another backbone."""
+"""Block surgery: put one block of a donor backbone into another, as (spec, weights)."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import torch
-from transformer_lens import HookedTransformer
-
 from dtlens.errors import DtlensError
-from dtlens.model.backbones import backbone_config, load_params, set_block
-from dtlens.model.config import BLOCK_FIELDS
+from dtlens.model.backbones import Backbone
+from dtlens.model.config import BLOCK_FIELDS, BlockConfig
 
 
-@torch.no_grad()
-def replace_block(target: HookedTransformer, donor: HookedTransformer, index: int) -> None:
-    """Copy block `index` (any index, 0 included) of `donor` into `target`, in place.
+def replace_block(target: Backbone, donor: Backbone, index: int) -> Backbone:
+    """`target` with block `index` (any index, 0 included) of `donor`; nothing is built.
 
     Only the residual width must match. A donor block with other heads, MLP width, activation or
     norm comes in as a block of its own kind (a mixed backbone, hook names unchanged), as in the
@@ -30,14 +26,16 @@ def replace_block(target: HookedTransformer, donor: HookedTransformer, index: in
         raise DtlensError(
             f"donor block does not fit: d_model {donor.cfg.d_model} vs {target.cfg.d_model}"
         )
-    ours, theirs = backbone_config(target).block(index), backbone_config(donor).block(index)
+    ours, theirs = target.cfg.block(index), donor.cfg.block(index)
     if ours.arch != theirs.arch:
         family = dict(theirs.arch).get("original_architecture", "GPT-2")
         raise DtlensError(
             f"donor block of another decoder family ({family}): build the model in its layout"
         )
-    own = {f: getattr(theirs, f) for f in BLOCK_FIELDS}
-    block = target.blocks[index]
-    if any(getattr(ours, f) != v for f, v in own.items()):
-        block = set_block(target, index, dataclasses.replace(ours, **own))
-    load_params(block, dict(donor.blocks[index].named_parameters()), f"donor block {index}")
+    own = BlockConfig(index, **{f: getattr(theirs, f) for f in BLOCK_FIELDS})
+    blocks = [b for b in target.cfg.blocks if b.index != index] + [own]
+    cfg = dataclasses.replace(target.cfg, blocks=tuple(blocks))
+    prefix = f"blocks.{index}."
+    state = {k: v for k, v in target.state.items() if not k.startswith(prefix)}
+    state |= {k: v for k, v in donor.state.items() if k.startswith(prefix)}
+    return dataclasses.replace(target, cfg=cfg, state=state)

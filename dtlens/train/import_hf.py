@@ -82,12 +82,9 @@ def import_hf(
         epochs=max(1, len(dirs) - 1),
         seed=seed,
         rtg_scale=rtg_scale,
-        max_ep_len=first.max_ep_len,
         eval_episodes=0,
         size=first.backbone,
-        resid_dropout=first.resid_dropout,
-        attn_dropout=first.attn_dropout,
-        embed_dropout=first.embed_dropout,
+        dt=first.options,
         probe_size=probe_size,
         probe_seed=probe_seed,
     )

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from dtlens.data.windows import WindowSampler, probe_batch, save_batch
 from dtlens.errors import DtlensError
 from dtlens.io import load_tensors, save_json, save_netcdf, save_tensors
 from dtlens.locks import folder_lock
-from dtlens.model.backbones import backbone_config, read_header
+from dtlens.model.backbones import read_header
 from dtlens.model.checkpoint import load_model, save_model
 from dtlens.model.config import DTConfig
 from dtlens.model.dt import DecisionTransformer
@@ -53,25 +53,15 @@ class StepLog:
 
 def build_model(cfg: TrainConfig, state_dim: int, act_dim: int) -> DecisionTransformer:
     """The DT at epoch 0: `init`'s backbone, with block `replace_block` donated by `donor` (a
-    donor block of another kind makes a mixed backbone)."""
+    donor block of another kind makes a mixed backbone), combined as (spec, weights) and then
+    built once, inside the DT."""
     backbone = resolve_backbone(
         cfg.init, size=cfg.size, seed=cfg.seed, imagegpt_norm=cfg.imagegpt_norm
     )
     if cfg.replace_block is not None:
         donor = resolve_backbone(cfg.donor, size=cfg.size, imagegpt_norm=cfg.imagegpt_norm)
-        replace_block(backbone, donor, cfg.replace_block)
-    dt_cfg = DTConfig(
-        state_dim=state_dim,
-        act_dim=act_dim,
-        backbone=backbone_config(backbone),
-        max_ep_len=cfg.max_ep_len,
-        resid_dropout=cfg.resid_dropout,
-        attn_dropout=cfg.attn_dropout,
-        embed_dropout=cfg.embed_dropout,
-        padding=cfg.padding,
-        time_embed=cfg.time_embed,
-        tie_action_head=cfg.tie_action_head,
-    )
+        backbone = replace_block(backbone, donor, cfg.replace_block)
+    dt_cfg = DTConfig(state_dim=state_dim, act_dim=act_dim, backbone=backbone.cfg, **asdict(cfg.dt))
     return DecisionTransformer(dt_cfg, backbone=backbone, seed=cfg.seed)
 
 
@@ -155,7 +145,7 @@ def _train(
         dataset,
         context_len=cfg.context_len,
         rtg_scale=cfg.rtg_scale,
-        max_ep_len=cfg.max_ep_len,
+        max_ep_len=cfg.dt.max_ep_len,
     )
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -273,9 +263,9 @@ def _create_folder(cfg: TrainConfig, work: Path, dataset: OfflineDataset) -> Dec
     """Write config, probe batch and the epoch-0 checkpoint into `work`; returns the model."""
     model = build_model(cfg, dataset.obs_dim, dataset.act_dim)
     save_probe(cfg, dataset, work / "probe.safetensors")
-    checkpoint = save_model(model, work / "checkpoints" / "epoch-0000.safetensors", epoch=0)
+    save_model(model, work / "checkpoints" / "epoch-0000.safetensors", epoch=0)
     save_json(run_config(cfg, model.cfg, dataset), work / "config.json")
-    return load_model(checkpoint)
+    return model
 
 
 def run_config(cfg: TrainConfig, model_cfg: DTConfig, dataset: OfflineDataset) -> dict:
@@ -304,7 +294,7 @@ def save_probe(cfg: TrainConfig, dataset: OfflineDataset, path: Path) -> None:
         context_len=cfg.context_len,
         seed=cfg.probe_seed,
         rtg_scale=cfg.rtg_scale,
-        max_ep_len=cfg.max_ep_len,
+        max_ep_len=cfg.dt.max_ep_len,
     )
     save_batch(probe, path)
 

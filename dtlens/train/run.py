@@ -116,7 +116,7 @@ class Run:
             context_len=k,
             seed=t.probe_seed,
             rtg_scale=t.rtg_scale,
-            max_ep_len=t.max_ep_len,
+            max_ep_len=t.dt.max_ep_len,
             state_mean=np.asarray(data["state_mean"]),
             state_std=np.asarray(data["state_std"]),
         )

@@ -12,9 +12,10 @@ from rich.table import Table
 
 from cli.common import console, flag, is_interactive, parse_int_list, user_errors
 from cli.config_options import config_options
-from cli.main import app
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig, help_text
+
+app = typer.Typer()
 
 #: TrainConfig fields that are one CLI option each (`size` is --layers/--d-model/--heads).
 TRAIN_OPTIONS = [

@@ -26,7 +26,7 @@ from dtlens.interp import (
     attention_view,
     linear_probe,
 )
-from dtlens.interp.lens import half_error_depth
+from dtlens.interp.analyses.action_lens import half_error_depth
 from dtlens.interp.patching import corrupt_last_state
 from dtlens.interp.registry import INTERP
 from dtlens.model import BackboneConfig
@@ -354,10 +354,10 @@ def run(hopper_file, tmp_path_factory):
 @pytest.mark.parametrize(
     "command, name, variable",
     [
-        ("attribute", "attribution", "contribution"),
+        ("attribution", "attribution", "contribution"),
         ("action-lens", "action_lens", "error"),
         ("probe", "probe", "r2"),
-        ("patch", "patching", "recovered"),
+        ("patching", "patching", "recovered"),
     ],
 )
 def test_cli_writes_nc_and_png(run, command, name, variable):
@@ -371,7 +371,7 @@ def test_cli_writes_nc_and_png(run, command, name, variable):
 
 def test_cli_patch_with_a_donor_and_per_position(run):
     checkpoint = run.path / "checkpoints" / "epoch-0000.safetensors"
-    args = ["patch", str(run.path), "--donor", str(checkpoint), "--hooks", "resid_post"]
+    args = ["patching", str(run.path), "--donor", str(checkpoint), "--hooks", "resid_post"]
     result = runner.invoke(app, [*args, "--positions", "--samples", "3"])
     assert result.exit_code == 0, result.output
     with xr.open_dataset(run.path / "diagnostics" / "patching-from-epoch-0000.nc") as ds:
@@ -392,7 +392,7 @@ def test_cli_attention_view(run):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["patch", "--hooks", "nope"], "unknown hook"),
+        (["patching", "--hooks", "nope"], "unknown hook"),
         (["probe", "--epoch", "7"], "no checkpoint for epoch(s) [7]"),
         (["attention-view", "--windows", "0"], "must be at least 1, got 0"),
     ],

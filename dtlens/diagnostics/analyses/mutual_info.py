@@ -40,7 +40,7 @@ import dtlens
 from dtlens.capture import capture
 from dtlens.data.windows import Batch
 from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.mutual_info import DEFAULT_METHOD, estimate, permutation_null
 from dtlens.errors import DtlensError
 from dtlens.model.dt import TOKEN_TYPES
@@ -340,10 +340,11 @@ DIAGNOSTIC = Diagnostic(
         correct_statistic="mean MI above the permutation null of resid_post at the last "
         "timestep, I(X;T) and I(Y;T), blocks and tokens",
     ),
-    preset_options={
-        "blocks": "mi_blocks",
-        "seeds": "mi_seeds",
-        "samples": "mi_samples",
-        "paper_variant": "paper_variants",
+    reads=Reads(),
+    options=lambda settings, run: {
+        "blocks": settings.mi_blocks,
+        "seeds": settings.mi_seeds,
+        "samples": settings.mi_samples,
+        "paper_variant": settings.paper_variants,
     },
 )

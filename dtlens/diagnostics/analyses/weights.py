@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.weights import KINDS, aggregate, weight_change
 from dtlens.errors import DtlensError
 from dtlens.plotting import grouped_bars, panels, save_figure
@@ -93,4 +93,5 @@ DIAGNOSTIC = Diagnostic(
         expect="less",
         value=backbone_relative_change,
     ),
+    reads=Reads(),
 )

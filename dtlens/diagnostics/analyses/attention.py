@@ -28,7 +28,7 @@ from dtlens.diagnostics.attention import (
     per_sample_change,
 )
 from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.plotting import panels, save_figure
 from dtlens.train.run import Run
 
@@ -184,6 +184,9 @@ DIAGNOSTIC = Diagnostic(
         correct_statistic="mean over blocks and heads of |mean d_e - mean d_0| (timesteps), "
         "each head's own masked pattern",
     ),
-    runs="k1",
-    preset_options={"epochs": "attention_epochs", "paper_variant": "paper_variants"},
+    reads=Reads("no_context", roles=("random", "language"), context=1),
+    options=lambda settings, run: {
+        "epochs": settings.attention_epochs,
+        "paper_variant": settings.paper_variants,
+    },
 )

@@ -39,7 +39,7 @@ from dtlens.capture import capture, ensure_capture, load_capture, run_batch
 from dtlens.data.windows import Batch
 from dtlens.diagnostics.cka import Kernel, LazyLayers, cka_matrix, cka_paper_variant
 from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.errors import DtlensError
 from dtlens.model.dt import TOKEN_TYPES, DecisionTransformer
 from dtlens.plotting import heatmap, panels, save_figure
@@ -381,5 +381,6 @@ DIAGNOSTIC = Diagnostic(
         correct_statistic="mean same-layer CKA of resid_post over blocks and the last "
         "timestep's R/s/a tokens (d_model-dim representations)",
     ),
-    preset_options={"paper_variant": "paper_variants"},
+    reads=Reads(),
+    options=lambda settings, run: {"paper_variant": settings.paper_variants},
 )

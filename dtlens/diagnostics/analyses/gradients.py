@@ -29,7 +29,7 @@ import xarray as xr
 import dtlens
 from dtlens.data.windows import Batch
 from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.gradients import (
     RELEASED_TENSORS,
     GramAccumulator,
@@ -305,10 +305,11 @@ DIAGNOSTIC = Diagnostic(
         correct_statistic="mean per-sample share of the squared gradient norm over all "
         "parameters in block 0's ln1 (w + b)",
     ),
-    preset_options={
-        "epoch": "gradient_epoch",
-        "samples": "gradient_samples",
-        "confusion_samples": "gradient_confusion_samples",
-        "paper_variant": "paper_variants",
+    reads=Reads(),
+    options=lambda settings, run: {
+        "epoch": settings.gradient_epoch,
+        "samples": settings.gradient_samples,
+        "confusion_samples": settings.gradient_confusion_samples,
+        "paper_variant": settings.paper_variants,
     },
 )

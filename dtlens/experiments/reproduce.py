@@ -239,16 +239,10 @@ def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None
             continue
         runs = finished(diag.reads.select(p.group(diag.reads.group)))
         if diag.scope == "study":
-            if runs:
-                options = diag.options(preset, runs)
-                step(
-                    f"{diag.name} comparison",
-                    lambda d=diag, f=runs, o=options: d.write(f, root, **o),
-                )
-            continue
-        for run in runs.values():
-            step(
-                f"{diag.name} {run.name}", lambda d=diag, r=run: d.write(r, **d.options(preset, r))
-            )
+            jobs = [(f"{diag.name} comparison", runs, root)] if runs else []
+        else:
+            jobs = [(f"{diag.name} {run.name}", run, None) for run in runs.values()]
+        for what, target, where in jobs:
+            step(what, lambda d=diag, t=target, w=where: d.write(t, w, **d.options(preset, t)))
     for run in finished(INTERP_READS.select(p.main)).values():
         step(f"attention view {run.name}", lambda r=run: write_run_view(r))

@@ -383,6 +383,20 @@ def test_cli_patch_with_a_donor_and_per_position(run):
     assert (run.path / "figures" / "patching-from-epoch-0000.png").is_file()
 
 
+def test_cli_cross_patching_keys_runs_by_role_and_seed(run, tmp_path):
+    args = ["cross-patching", "--language", str(run.path), "--random", str(run.path)]
+    result = runner.invoke(app, [*args, "--samples", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with xr.open_dataset(tmp_path / "diagnostics" / "cross_patching.nc") as ds:
+        seed = run.train_config.seed
+        assert list(ds["donor"].values) == ["language"] and list(ds["seed"].values) == [seed]
+        assert ds.sizes["site"] == 2 * run.load_model(-1).cfg.n_layers  # attn_out, mlp_out
+    assert (tmp_path / "figures" / "cross_patching.png").is_file()
+    twice = [*args[:4], f"{run.path},{run.path}", "--out", str(tmp_path)]
+    result = runner.invoke(app, twice)
+    assert result.exit_code == 1 and "two random runs of seed" in result.output
+
+
 def test_cli_attention_view(run):
     result = runner.invoke(app, ["attention-view", str(run.path), "--windows", "2"])
     assert result.exit_code == 0, result.output

@@ -4,9 +4,10 @@ layer and token type, on held-out windows, beside the same probe on shuffled tar
 `linear_probe(activations, target)` fits one probe per (layer, token type) on the windows of a
 training split and scores R^2 on the other windows (all positions of a window fall on the same
 side, so a probe cannot memorise a window). The control probe fits targets shuffled across
-windows: its R^2 reads ~0 (or below) when the probe has no shortcut. `compute_probe(run)` probes a
-run's residual stream (layer 0: the embeddings, layer i: after block i - 1) for the state
-features, the return-to-go and the episode timestep of each token's timestep.
+windows: its R^2 reads ~0 (or below) when the probe has no shortcut. The probe analysis
+(`dtlens.interp.analyses.probe`) probes a run's residual stream (layer 0: the embeddings, layer i:
+after block i - 1) for the state features, the return-to-go and the episode timestep of each
+token's timestep.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_smoke_plan_has_every_role_and_keeps_what_diagnostics_read():
     (p,) = plan(preset)
     assert set(p.main) == {RunKey(w, 666) for w in ("random", "language", "image")}
     assert set(p.no_context) == {RunKey(w, 666, k) for w in ("random", "language") for k in (1, 20)}
-    assert set(p.no_clip) == {("image", 666)}
+    assert set(p.no_clip) == {RunKey("image", 666)}
     assert {k.role for k in p.block_swap} == {"random", "block 0", "block 11", "donor"}
     # at one epoch, block swap's all-donor run is no-context's language K=1 run
     assert (
@@ -82,7 +82,7 @@ def test_smoke_plan_has_every_role_and_keeps_what_diagnostics_read():
     for spec in p.main.values():
         assert spec.cfg.keep_epochs == (0, 1)
     assert p.no_context[RunKey("random", 666, 1)].cfg.keep_epochs == (0, 1)
-    assert p.no_clip[("image", 666)].cfg.keep_epochs == ()
+    assert p.no_clip[RunKey("image", 666)].cfg.keep_epochs == ()
     assert p.block_swap[RunKey("block 0", 666, 1)].cfg.keep_epochs == ()
     assert p.block_swap[RunKey("donor", 666, 1)].cfg.keep_epochs == (0, 1)
 

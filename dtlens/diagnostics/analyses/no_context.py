@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dtlens.diagnostics.claims import CLAIMS
 from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, RunKey, Table
 from dtlens.diagnostics.curves import CURVES, ema, last_finite, stack_runs, steps_to_fraction
 from dtlens.plotting import panels, save_figure
@@ -99,7 +98,10 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_context,
     summary=summary,
     finding=Finding(
-        claim=CLAIMS["no_context"],
+        claim=(
+            "Without context (K=1) GPT-2 converges as fast as with context; random init slows down "
+            "(Hopper: 81.3 vs -0.3)."
+        ),
         short="pretrained lose less at K=1",
         statistic="normalized score lost without context (K=20 minus K=1), per seed",
         expect="less",

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dtlens.diagnostics.claims import CLAIMS
 from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.weights import KINDS, aggregate, weight_change
 from dtlens.errors import DtlensError
@@ -87,7 +86,7 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_weight_change,
     summary=summary,
     finding=Finding(
-        claim=CLAIMS["weights"],
+        claim=("Pretrained weights barely move during fine-tuning (cosine similarity ~1)."),
         short="pretrained move less",
         statistic="relative change of all backbone weights, epoch 0 to last",
         expect="less",

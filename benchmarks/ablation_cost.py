@@ -1,7 +1,8 @@
-"""What `dtlens reproduce` adds per run with its ablation in rollouts (`dtlens.interp.ablation.
-write_for_reproduce`: each block's attention and MLP mean-ablated, at most 5 episodes of at most
-200 steps per policy) against the peer the run already pays for: its own final evaluation
-(`dtlens.train.evaluate` as training ran it, fused blocks, the run's episodes and step limit).
+"""What `dtlens reproduce` adds per run with its ablation in rollouts
+(`dtlens.interp.analyses.ablation` with its `reproduce_options`: each block's attention and MLP
+mean-ablated, at most 5 episodes of at most 200 steps per policy) against the peer the run already
+pays for: its own final evaluation (`dtlens.train.evaluate` as training ran it, fused blocks, the
+run's episodes and step limit).
 
 Both are timed in this process on one torch thread, back to back, as CPU time (`process_time`),
 so the ratio holds when other work shares the CPU.
@@ -18,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_line, markdown_table, single_thread  # noqa: E402
-from dtlens.interp.ablation import write_for_reproduce  # noqa: E402
+from dtlens.diagnostics.contract import Settings  # noqa: E402
+from dtlens.interp.analyses.ablation import DIAGNOSTIC as ABLATION  # noqa: E402
 from dtlens.interp.rollouts import Rollouts  # noqa: E402
 from dtlens.train.evaluate import evaluate  # noqa: E402
 from dtlens.train.run import Run  # noqa: E402
@@ -46,7 +48,7 @@ def measure(run: Run) -> list[object]:
             max_steps=how.max_steps,
         )
     )
-    ours, written = cpu_seconds(lambda: write_for_reproduce(run))
+    ours, written = cpu_seconds(lambda: ABLATION.write(run, **ABLATION.options(Settings(), run)))
     steps = int(written.ds["length"].sum() + written.ds["baseline_length"].sum())
     return [
         run.name,

@@ -47,7 +47,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from dtlens import DecisionTransformer  # noqa: E402
 from dtlens.data.windows import Batch  # noqa: E402
-from dtlens.diagnostics.gradient_run import gradient_stats  # noqa: E402
+from dtlens.diagnostics.analyses.gradients import gradient_stats  # noqa: E402
 from dtlens.diagnostics.gradients import GramAccumulator  # noqa: E402
 from dtlens.diagnostics.per_sample import squared_norms, used_parameters  # noqa: E402
 from dtlens.train.loop import action_loss  # noqa: E402

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from cli.common import DEVICE, console, parse_int_list, user_errors
-from cli.main import app
+
+app = typer.Typer()
 
 
 @app.command("capture")

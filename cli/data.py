@@ -10,16 +10,14 @@ import typer
 from rich.table import Table
 
 from cli.common import console, user_errors
-from cli.main import app
 from dtlens.errors import DtlensError
 
 if TYPE_CHECKING:
     from dtlens.data import OfflineDataset
 
-data_app = typer.Typer(
+app = typer.Typer(
     help="Offline RL datasets: D4RL HDF5, Minari, embedded mini/... ids.", no_args_is_help=True
 )
-app.add_typer(data_app, name="data")
 
 
 def file_hash(source: str, dataset: OfflineDataset) -> str:
@@ -64,7 +62,7 @@ def summary_table(dataset: OfflineDataset, title: str) -> Table:
     return table
 
 
-@data_app.command()
+@app.command()
 @user_errors
 def info(
     source: str = typer.Argument(..., help="A .hdf5 file, a Minari id or folder, or mini/<name>."),
@@ -83,7 +81,7 @@ def info(
 SPEC_OPTIONS = ("env", "quality", "transitions", "seed", "noise", "policy")
 
 
-@data_app.command()
+@app.command()
 @user_errors
 def collect(
     ctx: typer.Context,

@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 
 from cli.common import console, flag, user_errors
-from cli.main import app
 from dtlens.errors import DtlensError
+
+app = typer.Typer()
 
 
 @app.command("explore")

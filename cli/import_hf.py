@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from cli.common import console, user_errors
-from cli.main import app
+
+app = typer.Typer()
 
 
 @app.command("import-hf")

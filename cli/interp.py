@@ -1,5 +1,5 @@
-"""`dtlens attribute|patch|action-lens|probe|attention-view RUN`: the mechanistic tools of
-`dtlens.interp` on a run's checkpoint and probe windows.
+"""`dtlens attribution|action-lens|patching|cross-patching|probe|attention-view`: the mechanistic
+tools of `dtlens.interp` on a run's checkpoint and probe windows (cross-patching: on several runs).
 
 Each writes RUN/diagnostics/NAME.nc and RUN/figures/NAME.png (the viewer:
 RUN/figures/attention-view.html).
@@ -12,31 +12,32 @@ from pathlib import Path
 import typer
 
 from cli.common import DEVICE, console, flag, user_errors
-from cli.main import app
 from cli.render import run_diagnostic
+
+app = typer.Typer()
 
 EPOCH = typer.Option(-1, help="Checkpoint epoch (-1 = last).")
 SAMPLES = typer.Option(None, help="Probe windows (default: the run's probe size).")
 
 
-@app.command("attribute")
+@app.command("attribution")
 @user_errors
-def attribute_cmd(
+def attribution_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     epoch: int = EPOCH,
     samples: int = SAMPLES,
     device: str = DEVICE,
 ) -> None:
     """Direct action attribution: each head, MLP and embedding's share of the pre-tanh action."""
-    from dtlens.interp.attribution import DIAGNOSTIC
+    from dtlens.interp.analyses.attribution import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(DIAGNOSTIC, Run(run, device), epoch=epoch, samples=samples)
 
 
-@app.command("patch")
+@app.command("patching")
 @user_errors
-def patch_cmd(
+def patching_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     donor: Path = typer.Option(
         None, help="A run folder or checkpoint whose activations are patched into RUN."
@@ -50,7 +51,7 @@ def patch_cmd(
 ) -> None:
     """Activation patching. Without --donor: clean windows into ones whose last state comes
     from another window; with --donor: the donor's activations on the same windows."""
-    from dtlens.interp.patching import DIAGNOSTIC
+    from dtlens.interp.analyses.patching import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(
@@ -75,10 +76,40 @@ def action_lens_cmd(
     device: str = DEVICE,
 ) -> None:
     """The action head read off the residual stream after every block, and its error."""
-    from dtlens.interp.lens import DIAGNOSTIC
+    from dtlens.interp.analyses.action_lens import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(DIAGNOSTIC, Run(run, device), epoch=epoch, samples=samples)
+
+
+@app.command("cross-patching")
+@user_errors
+def cross_patching_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder of diagnostics/ and figures/ to write."),
+    language: str = typer.Option(..., help="Language-init run folders, one per seed (a,b,...)."),
+    random: str = typer.Option(..., help="Random-init run folders, one per seed (a,b,...)."),
+    samples: int = typer.Option(None, help="Probe windows per recipient (default: 50)."),
+    device: str = DEVICE,
+) -> None:
+    """Each block output of a language-init run patched into the random-init run of its seed,
+    beside another seed's random run as a control (what `dtlens reproduce` compares)."""
+    from dtlens.diagnostics.contract import RunKey
+    from dtlens.errors import DtlensError
+    from dtlens.interp.analyses.cross_patching import DIAGNOSTIC
+    from dtlens.train.run import Run
+
+    runs = {}
+    for role, folders in (("language", language), ("random", random)):
+        for folder in (f.strip() for f in folders.split(",") if f.strip()):
+            run = Run(Path(folder), device)
+            cfg = run.train_config
+            key = RunKey(role, cfg.seed, cfg.context_len)
+            if key in runs:
+                raise DtlensError(f"two {role} runs of seed {cfg.seed}: {runs[key].path}, {folder}")
+            runs[key] = run
+    run_diagnostic(
+        DIAGNOSTIC, runs, folder=out, **({} if samples is None else {"samples": samples})
+    )
 
 
 @app.command("probe")
@@ -92,7 +123,7 @@ def probe_cmd(
     device: str = DEVICE,
 ) -> None:
     """Linear probes (held-out R^2) for state, return-to-go and timestep per layer and token."""
-    from dtlens.interp.probe import DIAGNOSTIC
+    from dtlens.interp.analyses.probe import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(

@@ -1,5 +1,5 @@
-"""`dtlens ablate|steer|return-sweep RUN`: interventions during evaluation rollouts and what they
-do to the return (`dtlens.interp.ablation`, `.steering`, `.rollouts`).
+"""`dtlens ablation|steering|return-sweep RUN`: interventions during evaluation rollouts and what
+they do to the return (`dtlens.interp.analyses.ablation`, `.steering`, `.return_sweep`).
 
 Each writes RUN/diagnostics/NAME.nc and RUN/figures/NAME.png (ablation, steering, return_sweep).
 """
@@ -11,9 +11,10 @@ from pathlib import Path
 import typer
 
 from cli.common import DEVICE, err_console, user_errors
-from cli.main import app
 from cli.render import run_diagnostic
 from dtlens.errors import DtlensError
+
+app = typer.Typer()
 
 EPOCH = typer.Option(-1, help="Checkpoint epoch (-1 = last).")
 EPISODES = typer.Option(None, help="Rollouts per policy (default: the run's evaluation episodes).")
@@ -38,9 +39,9 @@ def _progress(line: str) -> None:
     err_console.print(f"  {line}", highlight=False)
 
 
-@app.command("ablate")
+@app.command("ablation")
 @user_errors
-def ablate_cmd(
+def ablation_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     components: str = typer.Option(
         "attns,mlps",
@@ -57,7 +58,7 @@ def ablate_cmd(
 ) -> None:
     """Roll out the policy with each component ablated in turn: the change of normalized score
     against the unablated policy on the same env seeds, with its 95% interval."""
-    from dtlens.interp.ablation import DIAGNOSTIC
+    from dtlens.interp.analyses.ablation import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(
@@ -74,9 +75,9 @@ def ablate_cmd(
     )
 
 
-@app.command("steer")
+@app.command("steering")
 @user_errors
-def steer_cmd(
+def steering_cmd(
     run: Path = typer.Argument(..., help="Run folder."),
     layer: int = typer.Option(
         None, help="Blocks passed before the stream is steered (0 = embeddings; default middle)."
@@ -92,7 +93,7 @@ def steer_cmd(
 ) -> None:
     """Roll out the policy steered along the high - low return-to-go direction of its probe
     windows: the change of normalized score per scale."""
-    from dtlens.interp.steering import DIAGNOSTIC
+    from dtlens.interp.analyses.steering import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(
@@ -124,11 +125,11 @@ def return_sweep_cmd(
     device: str = DEVICE,
 ) -> None:
     """Achieved return against the return-to-go target the policy is conditioned on."""
-    from dtlens.interp.rollouts import RETURN_SWEEP
+    from dtlens.interp.analyses.return_sweep import DIAGNOSTIC
     from dtlens.train.run import Run
 
     run_diagnostic(
-        RETURN_SWEEP,
+        DIAGNOSTIC,
         Run(run, device),
         epoch=epoch,
         targets=None if targets is None else _floats(targets, "--targets"),

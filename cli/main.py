@@ -1,8 +1,24 @@
-"""The `dtlens` Typer app. Each sub-module adds its commands to `app`."""
+"""The `dtlens` Typer app: the index of its commands. Each command module owns a `typer.Typer()`
+of its commands; here they are registered, groups under their name, the others at the top."""
 
 from __future__ import annotations
 
 import typer
+
+from cli import (
+    capture,
+    data,
+    diagnostics,
+    explore,
+    import_hf,
+    interp,
+    interventions,
+    model,
+    pretrain,
+    reproduce,
+    studies,
+    train,
+)
 
 app = typer.Typer(
     name="dtlens",
@@ -11,20 +27,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-# Command modules register themselves on import (one line each, keep sorted).
-from cli import model  # noqa: E402,F401
-from cli import train  # noqa: E402,F401
-from cli import data  # noqa: E402,F401
-from cli import pretrain  # noqa: E402,F401
-from cli import studies  # noqa: E402,F401
-from cli import capture  # noqa: E402,F401
-from cli import diagnostics  # noqa: E402,F401
-from cli import gradients  # noqa: E402,F401
-from cli import mutual_info  # noqa: E402,F401
-from cli import reproduce  # noqa: E402,F401
-from cli import attention  # noqa: E402,F401
-from cli import import_hf  # noqa: E402,F401
-from cli import interp  # noqa: E402,F401
-from cli import interventions  # noqa: E402,F401
-from cli import explore  # noqa: E402,F401
+app.add_typer(model.app, name="model")  # dtlens model info
+app.add_typer(data.app, name="data")  # dtlens data list|info|...
+app.add_typer(pretrain.app, name="pretrain")  # dtlens pretrain text|image|synthetic
+app.add_typer(train.app)  # train
+app.add_typer(import_hf.app)  # import-hf
+app.add_typer(capture.app)  # capture
+app.add_typer(diagnostics.app)  # cka, mutual-info, weights, gradients, attention
+app.add_typer(studies.app)  # no-context, block-swap
+# attribution, action-lens, patching, cross-patching, probe, attention-view
+app.add_typer(interp.app)
+app.add_typer(interventions.app)  # ablation, steering, return-sweep
+app.add_typer(reproduce.app)  # reproduce, report
+app.add_typer(explore.app)  # explore

@@ -8,13 +8,11 @@ import typer
 from rich.table import Table
 
 from cli.common import console, flag, user_errors
-from cli.main import app
 
-model_app = typer.Typer(help="Inspect backbones and Decision Transformers.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
+app = typer.Typer(help="Inspect backbones and Decision Transformers.", no_args_is_help=True)
 
 
-@model_app.command("info")
+@app.command("info")
 @user_errors
 def info(
     name: str = typer.Argument(

@@ -9,15 +9,13 @@ import typer
 from rich.table import Table
 
 from cli.common import console, user_errors
-from cli.main import app
 from dtlens.errors import DtlensError
 from dtlens.pretrain import STEPS
 
-pretrain_app = typer.Typer(
+app = typer.Typer(
     help="Pretrain the mini preset's language (text), image and synthetic backbones.",
     no_args_is_help=True,
 )
-app.add_typer(pretrain_app, name="pretrain")
 
 SEED = typer.Option(0, help="Seeds the initialisation and the batches.")
 OUT = typer.Option(
@@ -36,7 +34,7 @@ STEPS_OPTION = typer.Option(
 THREADS = typer.Option(None, min=1, help="torch CPU threads (default: torch's).")
 
 
-@pretrain_app.command("text")
+@app.command("text")
 @user_errors
 def text_cmd(
     corpus: str = typer.Option(
@@ -68,7 +66,7 @@ def text_cmd(
     _report("text", result)
 
 
-@pretrain_app.command("image")
+@app.command("image")
 @user_errors
 def image_cmd(
     corpus: str = typer.Option(
@@ -101,7 +99,7 @@ def image_cmd(
     _report("image", result)
 
 
-@pretrain_app.command("synthetic")
+@app.command("synthetic")
 @user_errors
 def synthetic_cmd(
     states: int = typer.Option(100, min=2, help="The chain's state space (its vocabulary)."),

@@ -8,9 +8,10 @@ import typer
 
 from cli.common import console, flag, parse_int_list, user_errors
 from cli.config_options import field_default
-from cli.main import app
 from dtlens.experiments.budget import BUDGETS, DEFAULT_BUDGET
 from dtlens.train.config import TrainConfig, help_text
+
+app = typer.Typer()
 
 BUDGET_HELP = "; ".join(f"{name}: {b.description}" for name, b in BUDGETS.items())
 

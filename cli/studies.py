@@ -12,10 +12,11 @@ import typer
 
 from cli.common import D_MODEL, HEADS, LAYERS, console, parse_int_list, user_errors
 from cli.config_options import config_options
-from cli.main import app
 from cli.render import show
 from dtlens.model.config import BackboneConfig
 from dtlens.train.config import TrainConfig
+
+app = typer.Typer()
 
 STUDY_OPTIONS = [
     "dataset",
@@ -63,7 +64,7 @@ def no_context(
     scheduler: str = SCHEDULER,
 ) -> None:
     """Train each init with K=1 and K=20 (reusing finished runs) and compare convergence."""
-    from dtlens.diagnostics.context import summary
+    from dtlens.diagnostics.analyses.no_context import summary
     from dtlens.experiments.studies import run_no_context
 
     ds, _ = run_no_context(
@@ -96,7 +97,7 @@ def block_swap(
     scheduler: str = SCHEDULER,
 ) -> None:
     """A random-init DT with one donor block, for every block, next to all-random and all-donor."""
-    from dtlens.diagnostics.blocks import summary
+    from dtlens.diagnostics.analyses.block_swap import summary
     from dtlens.experiments.studies import run_block_swap
 
     chosen = None if blocks == "all" else parse_int_list(blocks) if blocks.strip() else []

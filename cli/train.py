@@ -21,9 +21,10 @@ from cli.common import (
     user_errors,
 )
 from cli.config_options import config_options
-from cli.main import app
 from dtlens.model.config import DT_OPTION_FIELDS, BackboneConfig, DTOptions
 from dtlens.train.config import TrainConfig, help_text
+
+app = typer.Typer()
 
 #: TrainConfig fields that are one CLI option each (`size` is --layers/--d-model/--heads, `dt`
 #: is DT_OPTIONS).

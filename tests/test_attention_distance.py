@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtlens.diagnostics.analyses.attention import DIAGNOSTIC, attention_distances
 from dtlens.diagnostics.attention import (
     attention_distance,
     attention_distance_paper_variant,
@@ -10,7 +11,6 @@ from dtlens.diagnostics.attention import (
     per_query_distance,
     per_sample_change,
 )
-from dtlens.diagnostics.attention_run import DIAGNOSTIC, attention_distances
 from dtlens.errors import DtlensError
 from dtlens.train.loop import train
 from tests.conftest import tiny_train_config

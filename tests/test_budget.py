@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from dtlens.diagnostics.contract import RunKey
 from dtlens.errors import DtlensError
 from dtlens.experiments import presets
 from dtlens.experiments.budget import BUDGETS, apply_budget, get_budget
@@ -69,33 +70,35 @@ def test_unknown_budget_is_one_clear_error():
 def test_smoke_plan_has_every_role_and_keeps_what_diagnostics_read():
     preset = presets.narrow(apply_budget(paper_preset(), BUDGETS["smoke"]), ["hopper"], [666])
     (p,) = plan(preset)
-    assert set(p.main) == {("random", 666), ("language", 666), ("image", 666)}
-    assert set(p.no_context) == {(w, k, 666) for w in ("random", "language") for k in (1, 20)}
-    assert set(p.no_clip) == {("image", 666)}
-    assert {v for v, _ in p.block_swap} == {"random", "block 0", "block 11", "donor"}
+    assert set(p.main) == {RunKey(w, 666) for w in ("random", "language", "image")}
+    assert set(p.no_context) == {RunKey(w, 666, k) for w in ("random", "language") for k in (1, 20)}
+    assert set(p.no_clip) == {RunKey("image", 666)}
+    assert {k.role for k in p.block_swap} == {"random", "block 0", "block 11", "donor"}
     # at one epoch, block swap's all-donor run is no-context's language K=1 run
-    assert p.block_swap[("donor", 666)].name == p.no_context[("language", 1, 666)].name
+    assert (
+        p.block_swap[RunKey("donor", 666, 1)].name == p.no_context[RunKey("language", 666, 1)].name
+    )
     assert len(p.specs()) == 9
     for spec in p.main.values():
         assert spec.cfg.keep_epochs == (0, 1)
-    assert p.no_context[("random", 1, 666)].cfg.keep_epochs == (0, 1)
-    assert p.no_clip[("image", 666)].cfg.keep_epochs == ()
-    assert p.block_swap[("block 0", 666)].cfg.keep_epochs == ()
-    assert p.block_swap[("donor", 666)].cfg.keep_epochs == (0, 1)
+    assert p.no_context[RunKey("random", 666, 1)].cfg.keep_epochs == (0, 1)
+    assert p.no_clip[RunKey("image", 666)].cfg.keep_epochs == ()
+    assert p.block_swap[RunKey("block 0", 666, 1)].cfg.keep_epochs == ()
+    assert p.block_swap[RunKey("donor", 666, 1)].cfg.keep_epochs == (0, 1)
 
 
 def test_full_paper_plan_keeps_gradient_and_attention_epochs_only():
     (p, *_) = plan(paper_preset())
-    assert p.main[("language", 666)].cfg.keep_epochs == (0, 1)
-    assert p.no_context[("language", 1, 666)].cfg.keep_epochs == (0, 1, 4, 10, 40)
-    assert p.block_swap[("block 5", 42)].cfg.keep_epochs == ()
+    assert p.main[RunKey("language", 666)].cfg.keep_epochs == (0, 1)
+    assert p.no_context[RunKey("language", 666, 1)].cfg.keep_epochs == (0, 1, 4, 10, 40)
+    assert p.block_swap[RunKey("block 5", 42, 1)].cfg.keep_epochs == ()
 
 
 def test_a_run_shared_by_roles_keeps_the_union_of_their_epochs():
     # mini: block swap's all-random K=1 run is also no-context's random K=1 run
     (p,) = plan(presets.mini())
-    shared = p.block_swap[("random", 666)]
-    assert shared.name == p.no_context[("random", 1, 666)].name
+    shared = p.block_swap[RunKey("random", 666, 1)]
+    assert shared.name == p.no_context[RunKey("random", 666, 1)].name
     assert shared.cfg.keep_epochs == (0, 1, 2, 4, 5)
     assert {s.name: s for s in p.specs()}[shared.name].cfg.keep_epochs == (0, 1, 2, 4, 5)
 
@@ -239,12 +242,12 @@ def test_cluster_choice(device, workers, scheduler, gpus, expected):
 RUN_COMMANDS = [
     ["capture"],
     ["cka"],
-    ["weight-change"],
+    ["weights"],
     ["gradients", "--samples", "2", "--confusion-samples", "2"],
     ["mutual-info", "--seeds", "1", "--null-shuffles", "0"],
-    ["attention-distance", "--context", "4"],
-    ["attribute"],
-    ["patch"],
+    ["attention", "--context", "4"],
+    ["attribution"],
+    ["patching"],
     ["action-lens"],
     ["probe"],
     ["attention-view"],

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from dtlens.diagnostics.contract import RunKey
 from dtlens.errors import DtlensError
 from dtlens.experiments.reproduce import plan, reproduce
 from dtlens.model.backbones import read_backbone
@@ -134,11 +135,11 @@ def test_every_diagnostic_runs_on_synthetic_and_a_control(hopper_file, tmp_path)
     paper = ("cka", "weights", "gradients", "mutual_info")  # on every init's K=20 runs
     interp = ("attribution", "action_lens", "probe")  # on the language and random inits'
     for who, names in (("language", paper + interp), ("image", paper)):
-        main = out / "hopper" / "runs" / p.main[(who, 666)].name
+        main = out / "hopper" / "runs" / p.main[RunKey(who, 666)].name
         for name in names:
             assert (main / "diagnostics" / f"{name}.nc").is_file(), (who, name)
     for k in (1, 20):
-        assert p.no_context[("language", k, 666)].name.startswith("synthetic-K")
+        assert p.no_context[RunKey("language", 666, k)].name.startswith("synthetic-K")
     for study in ("no_context", "block_swap", "cross_patching"):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file(), study
     assert "Summary" in (out / "report.md").read_text()

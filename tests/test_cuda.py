@@ -14,7 +14,7 @@ import torch
 from dtlens import DecisionTransformer
 from dtlens.capture import capture
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.gradient_run import gradient_stats
+from dtlens.diagnostics.analyses.gradients import gradient_stats
 from dtlens.train.loop import train
 from dtlens.train.run import Run
 from tests.conftest import dt_inputs, perturb_, tiny_train_config

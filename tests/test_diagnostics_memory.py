@@ -11,8 +11,8 @@ import xarray as xr
 
 from dtlens.capture import load_capture, save_capture
 from dtlens.diagnostics import cka as cka_module
+from dtlens.diagnostics.analyses.cka import TYPES, VARIANTS, layer_cka, row_mask
 from dtlens.diagnostics.cka import LazyLayers, cka_matrix
-from dtlens.diagnostics.layer_cka import TYPES, VARIANTS, layer_cka, row_mask
 from dtlens.model.dt import TOKEN_TYPES
 
 SAMPLES, STEPS, D = 40, 4, 24
@@ -119,8 +119,8 @@ def test_layer_cka_peak_memory_does_not_grow_with_layers(tmp_path, monkeypatch):
 def test_attention_distance_layer_by_layer_equals_the_whole_capture(hopper_file, tmp_path):
     """The run-level distances, computed a layer at a time, are those of the whole pattern."""
     from dtlens.capture import capture
+    from dtlens.diagnostics.analyses.attention import attention_distances
     from dtlens.diagnostics.attention import attention_distance
-    from dtlens.diagnostics.attention_run import attention_distances
     from dtlens.train.loop import train
     from tests.conftest import tiny_train_config
 

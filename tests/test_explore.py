@@ -37,7 +37,7 @@ ABLATED = ["L0H0", "L0H1", "L0MLP", "L1H0", "L1H1", "L1MLP"]
 @pytest.fixture(scope="module")
 def study(hopper_file, tmp_path_factory) -> Path:
     """study/runs/tiny-s{0,1}: two seeds of a tiny run (epochs 0..2, evaluated); the first has
-    an ablation result as `dtlens ablate` writes it."""
+    an ablation result as `dtlens ablation` writes it."""
     root = tmp_path_factory.mktemp("explore") / "study"
     for seed in SEEDS:
         cfg = tiny_train_config(hopper_file, seed=seed, eval_max_steps=5)
@@ -159,7 +159,7 @@ def test_ablation_read_when_present_else_how_to_compute_it(base):
     assert d["attrs"] == {"how": "mean", "episodes": "3", "seed": "0", "epoch": "2"}
     assert np.allclose(np.asarray(d["high"]) - np.asarray(d["low"]), 2)
     d = get_json(f"{base}/api/ablation?run={run_id(1)}")
-    assert not d["available"] and d["message"].startswith("not computed: run `dtlens ablate ")
+    assert not d["available"] and d["message"].startswith("not computed: run `dtlens ablation ")
 
 
 def test_replay_frames_and_attention_per_step(base):

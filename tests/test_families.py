@@ -163,9 +163,9 @@ def test_train_and_diagnostics_on_a_llama_backbone(tmp_path, hopper_file):
     for argv in (
         ["cka", str(out)],
         ["gradients", str(out), "--epoch", "1"],
-        ["weight-change", str(out)],
+        ["weights", str(out)],
         ["mutual-info", str(out), "--seeds", "1", "--null-shuffles", "1"],
-        ["attention-distance", str(out), "--epochs", "0,1"],
+        ["attention", str(out), "--epochs", "0,1"],
     ):
         res = runner.invoke(app, argv)
         assert res.exit_code == 0, (argv, res.output)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from dtlens.diagnostics.blocks import SINGLE_BLOCKS, auc_per_seed
-from dtlens.diagnostics.context import score_lost
+from dtlens.diagnostics.analyses.block_swap import SINGLE_BLOCKS, auc_per_seed
+from dtlens.diagnostics.analyses.no_context import score_lost
 from dtlens.diagnostics.registry import DIAGNOSTICS
 
 #: name -> (init whose statistic the paper reports lower, the one it reports higher)

@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens import DecisionTransformer
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.gradient_run import (
+from dtlens.diagnostics.analyses.gradients import (
     DIAGNOSTIC,
     first_norm_share,
     gradient_stats,
     top_tensors,
 )
+from dtlens.diagnostics.contract import Settings
 from dtlens.diagnostics.gradients import gradient_confusion
 from dtlens.diagnostics.per_sample import iter_per_sample_grads
 from dtlens.train.loop import action_loss, train
@@ -165,7 +166,8 @@ def test_finding_compares_image_with_random():
     f = DIAGNOSTIC.finding
     assert (f.a, f.b, f.expect, f.value) == ("image", "random", "greater", first_norm_share)
     assert "released formula" in f.statistic and "89%" in f.statistic
-    assert DIAGNOSTIC.preset_options["paper_variant"] == "paper_variants"
+    options = DIAGNOSTIC.options(Settings(paper_variants=False, gradient_epoch=3), None)
+    assert options["paper_variant"] is False and options["epoch"] == 3
 
 
 def test_cli_writes_dataset_and_figure(run_dir):

@@ -61,7 +61,7 @@ def test_import_hf_cli_then_diagnostics(tmp_path, hopper_file):
         real = probe.attention_mask.bool()
         assert torch.allclose(got[real], want[real], atol=1e-5)
 
-    res = runner.invoke(app, ["weight-change", str(out)])
+    res = runner.invoke(app, ["weights", str(out)])
     assert res.exit_code == 0, res.output
     with xr.open_dataset(out / "diagnostics" / "weights.nc") as ds:
         # epoch 0 vs 2 are two independent random inits: every block weight moved

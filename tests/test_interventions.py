@@ -278,7 +278,7 @@ def test_return_sweep(run):
 
 
 def test_cli_ablate_writes_the_shared_file_contract(run):
-    args = ["ablate", str(run.path), "--components", "L0H1,mlps", "--episodes", "2"]
+    args = ["ablation", str(run.path), "--components", "L0H1,mlps", "--episodes", "2"]
     result = runner.invoke(app, [*args, "--max-steps", "3"])
     assert result.exit_code == 0, result.output
     with xr.open_dataset(run.path / "diagnostics" / "ablation.nc") as ds:
@@ -295,11 +295,12 @@ def test_cli_ablate_writes_the_shared_file_contract(run):
 
 
 def test_reproduce_ablates_each_compared_run_within_its_evaluation(run, tmp_path):
-    from dtlens.interp.registry import interp_tasks
+    from dtlens.diagnostics.contract import RunKey, Settings
+    from dtlens.interp.analyses.ablation import DIAGNOSTIC
 
-    tasks = dict(interp_tasks({("language", 1): run, ("image", 1): run}, tmp_path))
-    assert [t for t in tasks if t.startswith("ablation")] == ["ablation run"]  # not image
-    tasks["ablation run"]()
+    runs = {RunKey("language", 1): run, RunKey("image", 1): run}
+    assert list(DIAGNOSTIC.reads.select(runs)) == [RunKey("language", 1)]  # not image
+    DIAGNOSTIC.write(run, **DIAGNOSTIC.options(Settings(), run))
     with xr.open_dataset(run.path / "diagnostics" / "ablation.nc") as ds:
         assert list(ds["component"].values) == ["L0ATTN", "L1ATTN", "L0MLP", "L1MLP"]
         assert ds.attrs["how"] == "mean"
@@ -307,7 +308,7 @@ def test_reproduce_ablates_each_compared_run_within_its_evaluation(run, tmp_path
 
 
 def test_cli_steer_and_return_sweep(run):
-    result = runner.invoke(app, ["steer", str(run.path), "--scales", "-1,1", "--episodes", "2"])
+    result = runner.invoke(app, ["steering", str(run.path), "--scales", "-1,1", "--episodes", "2"])
     assert result.exit_code == 0, result.output
     with xr.open_dataset(run.path / "diagnostics" / "steering.nc") as ds:
         assert list(ds["scale"].values) == [-1.0, 1.0] and ds.attrs["layer"] == 1
@@ -323,11 +324,11 @@ def test_cli_steer_and_return_sweep(run):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["ablate", "--components", "L0H7"], "no component 'L0H7'"),
-        (["ablate", "--components", "attention"], "unknown component 'attention'"),
-        (["ablate", "--how", "half"], "unknown ablation 'half'"),
-        (["steer", "--layer", "9"], "layer must lie in [0, 2]"),
-        (["steer", "--positions", "time"], "unknown positions 'time'"),
+        (["ablation", "--components", "L0H7"], "no component 'L0H7'"),
+        (["ablation", "--components", "attention"], "unknown component 'attention'"),
+        (["ablation", "--how", "half"], "unknown ablation 'half'"),
+        (["steering", "--layer", "9"], "layer must lie in [0, 2]"),
+        (["steering", "--positions", "time"], "unknown positions 'time'"),
         (["return-sweep", "--targets", "a,b"], "expected comma-separated numbers"),
     ],
 )
@@ -366,7 +367,7 @@ def ablation_result(change: dict[str, float], baseline: float) -> xr.Dataset:
 
 
 def test_report_reads_each_component_two_sided(tmp_path):
-    from dtlens.interp.ablation import DIAGNOSTIC
+    from dtlens.interp.analyses.ablation import DIAGNOSTIC
     from dtlens.io import save_netcdf
     from dtlens.report.document import Doc
     from dtlens.report.interventions import policy_section
@@ -386,4 +387,4 @@ def test_report_reads_each_component_two_sided(tmp_path):
     assert "**language > random**" in attn and "-4.0 (-5.0, -4.0, -3.0)" in attn
     assert "**no difference shown**" in mlp
     assert "31.0 (30.0, 31.0, 32.0)" in text  # the unablated scores
-    assert "ablate RUN --components L0ATTN,L0MLP --how mean --episodes 4 --max-steps 200" in text
+    assert "ablation RUN --components L0ATTN,L0MLP --how mean --episodes 4 --max-steps 200" in text

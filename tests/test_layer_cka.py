@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.capture import capture, capture_run, load_capture
+from dtlens.diagnostics.analyses.cka import diagonal, layer_cka
 from dtlens.diagnostics.cka import cka, cka_paper_variant
-from dtlens.diagnostics.layer_cka import diagonal, layer_cka
 from dtlens.errors import DtlensError
 from dtlens.train.loop import train
 from tests.conftest import tiny_train_config

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.capture import capture
-from dtlens.diagnostics import mi_run
-from dtlens.diagnostics.mi_run import default_blocks, information, last_step
+from dtlens.diagnostics.analyses import mutual_info as mutual_info_analysis
+from dtlens.diagnostics.analyses.mutual_info import default_blocks, information, last_step
 from dtlens.diagnostics.mutual_info import estimate
 from dtlens.errors import DtlensError
 from dtlens.train.loop import train
@@ -65,7 +65,7 @@ def test_divergent_seeds_are_kept_and_counted(run, acts, monkeypatch):
         values = (np.nan, r.value, r.value + 0.1)
         return dataclasses.replace(r, values=values, seeds=tuple(seeds), diverged=1)
 
-    monkeypatch.setattr(mi_run, "estimate", half_diverged)
+    monkeypatch.setattr(mutual_info_analysis, "estimate", half_diverged)
     layer = acts.resid_post.sel(layer=[1])
     ds = information(layer, run.probe_batch(), "mine", [0, 1, 2], null_shuffles=0)
     assert ds["mi"].isnull().sel(seed=0).all() and ds["mi"].notnull().sel(seed=[1, 2]).all()

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.data.d4rl import read_d4rl
+from dtlens.diagnostics.contract import RunKey
 from dtlens.experiments import presets
 from dtlens.experiments.budget import BUDGETS, apply_budget
 from dtlens.experiments.paper_inputs import write_paper_inputs
@@ -90,7 +91,7 @@ def test_paper_preset_smoke_end_to_end(inputs, out):
         assert run.epochs() == sorted({*spec.cfg.keep_epochs, 1}), spec.name
         assert (run.path / "metrics.nc").is_file() and (run.path / "state.safetensors").is_file()
     sizes = {
-        who: Run(runs / p.main[(who, 666)].name).dt_config.backbone
+        who: Run(runs / p.main[RunKey(who, 666)].name).dt_config.backbone
         for who in ("random", "language", "image")
     }
     assert sizes["random"] == PAPER_RANDOM
@@ -100,14 +101,14 @@ def test_paper_preset_smoke_end_to_end(inputs, out):
         12,
     )
     assert (sizes["image"].n_layers, sizes["image"].d_model, sizes["image"].n_heads) == (24, 512, 8)
-    assert {v for v, _ in p.block_swap} == {"random", "block 0", "block 11", "donor"}
+    assert {k.role for k in p.block_swap} == {"random", "block 0", "block 11", "donor"}
 
     for spec in p.main.values():
         for name in ("cka", "weights", "gradients", "mutual_info"):
             assert (runs / spec.name / "diagnostics" / f"{name}.nc").is_file(), (spec.name, name)
             assert (runs / spec.name / "figures" / f"{name}.png").is_file(), (spec.name, name)
-    for (_, k, _), spec in p.no_context.items():
-        if k == 1:
+    for key, spec in p.no_context.items():
+        if key.context == 1:
             assert (runs / spec.name / "diagnostics" / "attention.nc").is_file(), spec.name
     for study in ("no_context", "block_swap"):
         assert (out / "hopper" / "diagnostics" / f"{study}.nc").is_file(), study

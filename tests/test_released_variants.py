@@ -15,9 +15,13 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens.capture import capture
 from dtlens.data.windows import Batch
-from dtlens.diagnostics import attention_run, gradient_run, layer_cka, mi_run
+from dtlens.diagnostics.analyses import attention as attention_analysis
+from dtlens.diagnostics.analyses import cka as cka_analysis
+from dtlens.diagnostics.analyses import gradients as gradients_analysis
+from dtlens.diagnostics.analyses import mutual_info as mutual_info_analysis
 from dtlens.diagnostics.attention import change_of_mean, per_sample_change
 from dtlens.diagnostics.cka import cka
+from dtlens.diagnostics.contract import Settings
 from dtlens.diagnostics.gradients import released_share, share_of_norm
 from dtlens.diagnostics.mutual_info import estimate
 from dtlens.train.loop import train
@@ -49,7 +53,7 @@ def test_site_units_are_the_hf_module_outputs_by_hand(model, tiny_cfg):
     """Each site's last 3 units from the block's parameters: ln_1 = LayerNorm(resid_pre) with
     its weight and bias, c_attn = (q, k, v) of ln_1 side by side (the last units: v's), ..."""
     batch = as_batch(tiny_cfg, 5, 4)
-    units = layer_cka.released_site_units(model, batch, batch_size=2)  # chunks: 2 + 2 + 1
+    units = cka_analysis.released_site_units(model, batch, batch_size=2)  # chunks: 2 + 2 + 1
     n_layers = tiny_cfg.backbone.n_layers
     assert units.dims == ("sample", "site", "position", "unit")
     assert units.shape == (5, 8 * n_layers, 12, 3)
@@ -102,7 +106,7 @@ def test_site_cka_by_hand():
     b[:, 0] = 2.0 * a[:, 0] + 1.0  # site 0: an affine copy, CKA 1
     b[:, 1, :, 0] = rng.standard_normal((30, 6))  # site 1, unit -3 ("return") replaced
     ua, ub = (xr.DataArray(x, dims=("sample", "site", "position", "unit")) for x in (a, b))
-    out = layer_cka.site_cka(ua, ub)
+    out = cka_analysis.site_cka(ua, ub)
     assert out.shape == (4, 2, 2)
     np.testing.assert_allclose(out[:3, 0, 0], 1.0, atol=1e-6)
     for t in range(3):
@@ -125,31 +129,35 @@ def test_released_cka_reads_three_units_only(model, tiny_cfg):
     batch = as_batch(tiny_cfg, 20, 4)
     hooks = ["tokens", "resid_post"]
     caps = [capture(m, batch, hooks) for m in (model, other)]
-    sites = tuple(layer_cka.released_site_units(m, batch) for m in (model, other))
-    ds = layer_cka.layer_cka(*caps, paper_variant=True, sites=sites)
-    released = layer_cka.site_diagonal(ds).sel(
+    sites = tuple(cka_analysis.released_site_units(m, batch) for m in (model, other))
+    ds = cka_analysis.layer_cka(*caps, paper_variant=True, sites=sites)
+    released = cka_analysis.site_diagonal(ds).sel(
         site="0.ln_1", token_type=["return", "state", "action"]
     )
     np.testing.assert_allclose(released, 1.0, atol=1e-4)  # 1 up to the released + 1e-6
-    correct = layer_cka.diagonal(ds, "last").sel(layer=0, token_type=["return", "state", "action"])
-    assert (correct < 0.999).all()
-    assert layer_cka.paper_mean_diagonal(ds) == pytest.approx(
-        float(layer_cka.site_diagonal(ds).sel(token_type=["return", "state", "action"]).mean())
+    correct = cka_analysis.diagonal(ds, "last").sel(
+        layer=0, token_type=["return", "state", "action"]
     )
-    assert layer_cka.paper_mean_diagonal(ds) != pytest.approx(layer_cka.mean_diagonal(ds), abs=1e-3)
+    assert (correct < 0.999).all()
+    assert cka_analysis.paper_mean_diagonal(ds) == pytest.approx(
+        float(cka_analysis.site_diagonal(ds).sel(token_type=["return", "state", "action"]).mean())
+    )
+    assert cka_analysis.paper_mean_diagonal(ds) != pytest.approx(
+        cka_analysis.mean_diagonal(ds), abs=1e-3
+    )
     plain = ds.drop_vars(["paper_site_cka", "site_a", "site_b"])
-    assert layer_cka.paper_mean_diagonal(plain) == layer_cka.mean_diagonal(ds)
+    assert cka_analysis.paper_mean_diagonal(plain) == cka_analysis.mean_diagonal(ds)
 
 
 def test_cka_run_and_cli_add_the_released_sites(run):
-    ds = layer_cka.compute_layer_cka(run, paper_variant=True)
+    ds = cka_analysis.compute_layer_cka(run, paper_variant=True)
     assert ds["paper_site_cka"].dims == ("token_type", "site_a", "site_b")
     assert ds.sizes["site_a"] == 8 * 2
-    rows = layer_cka.summary(ds).rows
+    rows = cka_analysis.summary(ds).rows
     assert [r[1] for r in rows if r[0] == "paper_sites"] == list(ds.site_a.values)
-    f = layer_cka.DIAGNOSTIC.finding
-    assert (f.value, f.correct) == (layer_cka.paper_mean_diagonal, layer_cka.mean_diagonal)
-    assert "paper_site_cka" not in layer_cka.compute_layer_cka(run)
+    f = cka_analysis.DIAGNOSTIC.finding
+    assert (f.value, f.correct) == (cka_analysis.paper_mean_diagonal, cka_analysis.mean_diagonal)
+    assert "paper_site_cka" not in cka_analysis.compute_layer_cka(run)
     res = runner.invoke(app, ["cka", str(run.path), "--paper-variant"])
     assert res.exit_code == 0, res.output
     assert "paper_sites" in res.output
@@ -159,8 +167,8 @@ def test_cka_run_and_cli_add_the_released_sites(run):
 
 
 def test_released_positions_skip_the_last_action():
-    assert mi_run.released_positions(2) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
-    assert len(mi_run.released_positions(20)) == 59
+    assert mutual_info_analysis.released_positions(2) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    assert len(mutual_info_analysis.released_positions(20)) == 59
 
 
 def test_paper_information_by_hand():
@@ -181,7 +189,7 @@ def test_paper_information_by_hand():
     mlp_out = xr.DataArray(
         t, dims=("sample", "layer", "position", "d_model"), coords={"layer": [0]}
     )
-    out = mi_run.paper_information(mlp_out, batch, "gaussian")
+    out = mutual_info_analysis.paper_information(mlp_out, batch, "gaussian")
     assert out.dims == ("quantity", "block", "context")
     assert list(out.context.values) == [0, 1, 2, 3, 4]
     assert list(out.context_token.values) == ["return", "state", "action", "return", "state"]
@@ -204,7 +212,7 @@ def test_paper_information_by_hand():
 def test_mi_run_released_sites_differ_from_resid_post(run):
     """Where released and correct differ: same estimator, same step and token, but T = the MLP
     branch output (released) instead of resid_post (dtlens)."""
-    ds = mi_run.compute_mutual_info(
+    ds = mutual_info_analysis.compute_mutual_info(
         run, blocks=[0], method="gaussian", seeds=1, null_shuffles=0, paper_variant=True
     )
     k = run.train_config.context_len
@@ -225,13 +233,19 @@ def test_mi_run_released_sites_differ_from_resid_post(run):
         estimate(x, last_state[1], method="gaussian", seeds=[0]).values[0]
     )
     assert abs(released - correct) > 1e-3
-    assert mi_run.paper_mean(ds) == pytest.approx(float(ds["paper_mi"].mean()))
-    assert mi_run.paper_mean(ds.drop_vars("paper_mi")) == mi_run.mean_above_null(ds)
-    rows = [r for r in mi_run.summary(ds).rows if str(r[2]).startswith("paper")]
+    assert mutual_info_analysis.paper_mean(ds) == pytest.approx(float(ds["paper_mi"].mean()))
+    assert mutual_info_analysis.paper_mean(
+        ds.drop_vars("paper_mi")
+    ) == mutual_info_analysis.mean_above_null(ds)
+    rows = [r for r in mutual_info_analysis.summary(ds).rows if str(r[2]).startswith("paper")]
     assert len(rows) == 2
-    f = mi_run.DIAGNOSTIC.finding
-    assert (f.value, f.correct) == (mi_run.paper_mean, mi_run.mean_above_null)
-    assert mi_run.DIAGNOSTIC.preset_options["paper_variant"] == "paper_variants"
+    f = mutual_info_analysis.DIAGNOSTIC.finding
+    assert (f.value, f.correct) == (
+        mutual_info_analysis.paper_mean,
+        mutual_info_analysis.mean_above_null,
+    )
+    options = mutual_info_analysis.DIAGNOSTIC.options(Settings(paper_variants=False), None)
+    assert options["paper_variant"] is False
     args = "--blocks 0 --method gaussian --seeds 1 --null-shuffles 0 --paper-variant".split()
     res = runner.invoke(app, ["mutual-info", str(run.path), *args])
     assert res.exit_code == 0, res.output
@@ -256,17 +270,20 @@ def test_attention_finding_is_the_per_sample_change():
             "change_timestep": (("epoch", "layer", "head"), np.stack([0 * heads, heads / 3])),
         }
     )
-    assert attention_run.paper_mean_change(ds) == pytest.approx(0.1)
-    assert attention_run.mean_change(ds) == pytest.approx(0.0)
-    assert attention_run.paper_mean_change(ds.drop_vars("paper_change")) == pytest.approx(0.0)
-    f = attention_run.DIAGNOSTIC.finding
-    assert (f.value, f.correct) == (attention_run.paper_mean_change, attention_run.mean_change)
+    assert attention_analysis.paper_mean_change(ds) == pytest.approx(0.1)
+    assert attention_analysis.mean_change(ds) == pytest.approx(0.0)
+    assert attention_analysis.paper_mean_change(ds.drop_vars("paper_change")) == pytest.approx(0.0)
+    f = attention_analysis.DIAGNOSTIC.finding
+    assert (f.value, f.correct) == (
+        attention_analysis.paper_mean_change,
+        attention_analysis.mean_change,
+    )
 
 
 def test_gradient_finding_compares_the_released_share_with_the_papers_89_percent():
     """The issue's norms {ln_1.w: 0.2, ln_1.b: 0.1, 100 x 0.01}: released 0.231, dtlens 0.833."""
     norms = {"0.ln_1.weight": 0.2, "0.ln_1.bias": 0.1} | {f"0.t{i}": 0.01 for i in range(100)}
-    tensors = list(gradient_run.FIRST_NORM) + [f"backbone.blocks.0.t{i}" for i in range(100)]
+    tensors = list(gradients_analysis.FIRST_NORM) + [f"backbone.blocks.0.t{i}" for i in range(100)]
     sq = np.array([[v**2 for v in norms.values()]])  # one sample
     ds = xr.Dataset(
         {
@@ -275,12 +292,12 @@ def test_gradient_finding_compares_the_released_share_with_the_papers_89_percent
         },
         coords={"tensor": tensors, "released_tensor": list(norms)},
     )
-    assert round(gradient_run.first_norm_share(ds), 3) == 0.231
-    assert round(gradient_run.correct_first_norm_share(ds), 3) == 0.833
-    f = gradient_run.DIAGNOSTIC.finding
+    assert round(gradients_analysis.first_norm_share(ds), 3) == 0.231
+    assert round(gradients_analysis.correct_first_norm_share(ds), 3) == 0.833
+    f = gradients_analysis.DIAGNOSTIC.finding
     assert (f.value, f.correct) == (
-        gradient_run.first_norm_share,
-        gradient_run.correct_first_norm_share,
+        gradients_analysis.first_norm_share,
+        gradients_analysis.correct_first_norm_share,
     )
 
 
@@ -300,7 +317,7 @@ def test_report_puts_the_correct_variant_beside_the_papers_formula(tmp_path):
 
     from dtlens.diagnostics.contract import Table
     from dtlens.report.document import Doc
-    from dtlens.report.report import section
+    from dtlens.report.report import Study, section
 
     def result(paper: float, correct: float) -> xr.Dataset:
         return xr.Dataset(
@@ -313,18 +330,21 @@ def test_report_puts_the_correct_variant_beside_the_papers_formula(tmp_path):
     low, high = [0.10, 0.12, 0.11], [0.50, 0.52, 0.49]
     results = {f"language-{i}": result(low[i], high[i]) for i in range(3)}
     results |= {f"random-{i}": result(high[i], low[i]) for i in range(3)}
-    study = SimpleNamespace(
-        seeds=[0, 1, 2],
-        analysed=lambda diag, who, seed: tmp_path / f"{who}-{seed}",
-        folder=tmp_path,
-        root=tmp_path,
-    )
+
+    class FakeStudy(Study):
+        def __init__(self):
+            self.seeds, self.folder, self.root = [0, 1, 2], tmp_path, tmp_path
+
+        def analysed(self, diag, who, seed):
+            return tmp_path / f"{who}-{seed}"
+
+    study = FakeStudy()
     diag = SimpleNamespace(
         title="7. Attention",
         name="attention",
-        finding=attention_run.DIAGNOSTIC.finding,
+        finding=attention_analysis.DIAGNOSTIC.finding,
         scope="run",
-        runs="k1",
+        reads=attention_analysis.DIAGNOSTIC.reads,
         load=lambda path: results[path.name],
         summary=lambda ds: Table("t", ["x"], [[1.0]]),
         png_path=lambda folder: tmp_path / "none.png",

@@ -1,4 +1,4 @@
-"""Weight change: per-tensor statistics, exact aggregation, the weight-change CLI."""
+"""Weight change: per-tensor statistics, exact aggregation, the weights CLI."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_different_models_are_refused(tiny_dt, tiny_cfg):
 
 
 def test_weight_change_cli_writes_nc_and_png(run):
-    result = runner.invoke(app, ["weight-change", str(run.path)])
+    result = runner.invoke(app, ["weights", str(run.path)])
     assert result.exit_code == 0, result.output
     assert "outside blocks" in result.output and "cosine" in result.output
     assert (run.path / "figures" / "weights.png").stat().st_size > 0
@@ -125,14 +125,14 @@ def test_weight_change_cli_writes_nc_and_png(run):
     ],
 )
 def test_weight_change_cli_bad_input_is_one_line(run, args, message):
-    result = runner.invoke(app, ["weight-change", str(run.path), *args])
+    result = runner.invoke(app, ["weights", str(run.path), *args])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
 def test_weight_change_cli_not_a_run(tmp_path):
-    result = runner.invoke(app, ["weight-change", str(tmp_path)])
+    result = runner.invoke(app, ["weights", str(tmp_path)])
     assert result.exit_code == 1 and "not a dtlens run" in result.output
 
 

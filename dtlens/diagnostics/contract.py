@@ -9,15 +9,17 @@ compares and the direction the paper reports. `dtlens.diagnostics.registry` list
 paper's order.
 
 Study diagnostics (`scope="study"`) compute from several runs at once (`compute(runs)`, runs keyed
-by (role, K, seed) or (variant, seed)) and live in the study folder instead of a run's.
+by `RunKey`) and live in the study folder instead of a run's. What `dtlens reproduce` computes is
+declared here too: which of its runs a diagnostic reads (`Reads`) and the options it passes,
+from the preset's `Settings`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import xarray as xr
@@ -25,6 +27,81 @@ import xarray as xr
 from dtlens.errors import DtlensError
 from dtlens.io import save_netcdf
 from dtlens.stats import Comparison, Expect, compare
+
+T = TypeVar("T")
+
+#: The groups of runs of a reproduction: the K=20 runs of every init ("main"), the K=1 and K=20
+#: runs of the random and language inits ("no_context"), the image init without clipping
+#: ("no_clip") and the K=1 block-swap variants ("block_swap").
+RunGroup = Literal["main", "no_context", "no_clip", "block_swap"]
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One fine-tuning run of a reproduction: its role (the init: random / language / image, or a
+    block-swap variant such as "block 0"), its seed and its context length K."""
+
+    role: str
+    seed: int
+    context: int = 20
+
+    def label(self, group: RunGroup) -> str:
+        """Its name in reproduce.json: "role|K|seed" in the no_context group, else "role|seed"."""
+        parts = (
+            (self.role, self.context, self.seed)
+            if group == "no_context"
+            else (self.role, self.seed)
+        )
+        return "|".join(map(str, parts))
+
+    @classmethod
+    def parse(cls, label: str, group: RunGroup) -> RunKey:
+        """The key `label` names in `group` (the inverse of `label`)."""
+        role, *k, seed = label.rsplit("|", 2 if group == "no_context" else 1)
+        return cls(role, int(seed), int(k[0]) if k else GROUP_CONTEXT[group])
+
+
+#: The context length of the runs of a group whose keys do not name it.
+GROUP_CONTEXT: dict[RunGroup, int] = {"main": 20, "no_clip": 20, "block_swap": 1}
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Which runs of a reproduction a diagnostic analyses: those of `group` whose role is one of
+    `roles` (None: any) and whose context length is `context` (None: any). A run diagnostic
+    analyses each in turn, a study diagnostic all of them together."""
+
+    group: RunGroup = "main"
+    roles: tuple[str, ...] | None = None
+    context: int | None = None
+
+    def select(self, runs: Mapping[RunKey, T]) -> dict[RunKey, T]:
+        """The entries of `runs` (one group's) this diagnostic reads, in their order."""
+        return {
+            key: run
+            for key, run in runs.items()
+            if (self.roles is None or key.role in self.roles)
+            and (self.context is None or key.context == self.context)
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """What a reproduction's preset sets for its diagnostics (`dtlens.experiments.presets.Preset`
+    extends it); each diagnostic turns it into its options (`Diagnostic.options`)."""
+
+    attention_epochs: tuple[int, ...] = (0, 1, 4, 10, 40)
+    gradient_epoch: int = 1
+    mi_blocks: tuple[int, ...] | None = None  # None: first, middle, last
+    mi_seeds: int = 3
+    mi_samples: int = 1000  # windows for MI: the default estimator's calibrated size
+    gradient_samples: int = 100  # probe windows of the per-sample gradients
+    gradient_confusion_samples: int = 50  # of which pairwise cosines give gradient confusion
+    paper_variants: bool = True  # the released code's variants too (CKA, MI, gradients, attention)
+
+
+def no_options(settings: Settings, target: Any) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -82,10 +159,11 @@ class Diagnostic:
     summary: Callable[[xr.Dataset], Table]
     finding: Finding | None = None
     scope: Literal["run", "study"] = "run"
-    #: Which runs of a reproduction it analyses: the K=20 runs ("main") or the K=1 runs ("k1").
-    runs: Literal["main", "k1"] = "main"
-    #: Options `reproduce` passes, per preset attribute: {option: preset attribute}.
-    preset_options: Mapping[str, str] = field(default_factory=dict)
+    #: The runs `dtlens reproduce` computes it on (None: only its command computes it).
+    reads: Reads | None = None
+    #: The options `reproduce` passes, from its preset's settings and the run (or the runs, keyed
+    #: by `RunKey`) analysed.
+    options: Callable[[Settings, Any], Mapping[str, Any]] = no_options
 
     def nc_path(self, folder: Path, stem: str | None = None) -> Path:
         return Path(folder) / "diagnostics" / f"{stem or self.name}.nc"

@@ -1,30 +1,29 @@
-"""Every diagnostic of dtlens, in the paper's order. A new diagnostic is one module that builds a
-`Diagnostic` (see `dtlens.diagnostics.contract`) and one line here."""
+"""Every diagnostic of the paper, in the paper's order. A new diagnostic is one module of
+`dtlens.diagnostics.analyses` named as it (which builds a `Diagnostic`, see
+`dtlens.diagnostics.contract`), one line here and its command in `cli.diagnostics`."""
 
 from __future__ import annotations
 
-from dtlens.diagnostics import (
-    attention_run,
-    blocks,
-    context,
-    gradient_run,
-    layer_cka,
-    mi_run,
-    weight_run,
+from dtlens.diagnostics.analyses import (
+    attention,
+    block_swap,
+    cka,
+    gradients,
+    mutual_info,
+    no_context,
+    weights,
 )
 from dtlens.diagnostics.contract import Diagnostic
 
 DIAGNOSTICS: dict[str, Diagnostic] = {
     d.name: d
     for d in (
-        layer_cka.DIAGNOSTIC,
-        mi_run.DIAGNOSTIC,
-        weight_run.DIAGNOSTIC,
-        gradient_run.DIAGNOSTIC,
-        context.DIAGNOSTIC,
-        blocks.DIAGNOSTIC,
-        attention_run.DIAGNOSTIC,
+        cka.DIAGNOSTIC,
+        mutual_info.DIAGNOSTIC,
+        weights.DIAGNOSTIC,
+        gradients.DIAGNOSTIC,
+        no_context.DIAGNOSTIC,
+        block_swap.DIAGNOSTIC,
+        attention.DIAGNOSTIC,
     )
 }
-RUN_DIAGNOSTICS = {k: d for k, d in DIAGNOSTICS.items() if d.scope == "run"}
-STUDY_DIAGNOSTICS = {k: d for k, d in DIAGNOSTICS.items() if d.scope == "study"}

@@ -19,7 +19,7 @@ import torch
 from dtlens.data.dataset import OfflineDataset
 from dtlens.data.registry import load_dataset
 from dtlens.data.windows import WindowSampler
-from dtlens.diagnostics.registry import RUN_DIAGNOSTICS, STUDY_DIAGNOSTICS
+from dtlens.diagnostics.registry import DIAGNOSTICS
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.reproduce import Plan, plan
 from dtlens.experiments.runs import RunSpec, choose_cluster
@@ -185,17 +185,19 @@ def _roles(p: Plan) -> dict[str, str]:
         ("block-swap", p.block_swap),
     ):
         for key, spec in runs.items():
-            roles[spec.name].append(f"{kind} {key[0]}" + (f" K={key[1]}" if len(key) == 3 else ""))
+            k = f" K={key.context}" if kind == "no-context" else ""
+            roles[spec.name].append(f"{kind} {key.role}{k}")
     return {name: ", ".join(r) for name, r in roles.items()}
 
 
 def _diagnostics(preset: Preset, plans: list[Plan]) -> list[tuple[str, str, int]]:
     rows = []
     for p in plans:
-        k1 = sum(1 for (_, k, _) in p.no_context if k == 1)
-        for name, diag in RUN_DIAGNOSTICS.items():
-            rows.append((p.label, name, len(p.main) if diag.runs == "main" else k1))
-        rows += [(p.label, name, 1) for name in STUDY_DIAGNOSTICS]
+        for scope in ("run", "study"):
+            for name, diag in DIAGNOSTICS.items():
+                if diag.scope == scope and diag.reads is not None:
+                    runs = len(diag.reads.select(p.group(diag.reads.group)))
+                    rows.append((p.label, name, runs if scope == "run" else 1))
     return rows
 
 

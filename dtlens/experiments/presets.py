@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtlens.diagnostics.contract import Settings
 from dtlens.errors import DtlensError
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
@@ -20,8 +21,9 @@ PAPER_ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d"
 
 
 @dataclass(frozen=True)
-class Preset:
-    """Which runs and diagnostics a reproduction makes, per dataset."""
+class Preset(Settings):
+    """Which runs and diagnostics a reproduction makes, per dataset; the diagnostics' settings
+    are those of `Settings`."""
 
     name: str
     datasets: dict[str, str]  # label -> dataset id or path
@@ -34,15 +36,7 @@ class Preset:
     block_swap_epochs: dict[str, int] = field(default_factory=dict)  # label -> epochs (K=1)
     block_swap_size: BackboneConfig = MINI  # the random model that receives a donor block
     block_swap_blocks: tuple[int, ...] | None = None  # blocks that receive one (None: all)
-    attention_epochs: tuple[int, ...] = (0, 1, 4, 10, 40)
-    gradient_epoch: int = 1
-    mi_blocks: tuple[int, ...] | None = None  # None: first, middle, last
-    mi_seeds: int = 3
-    mi_samples: int = 1000  # windows for MI: the default estimator's calibrated size
     probe_size: int = 100
-    gradient_samples: int = 100  # probe windows of the per-sample gradients
-    gradient_confusion_samples: int = 50  # of which pairwise cosines give gradient confusion
-    paper_variants: bool = True  # the released code's variants too (CKA, MI, gradients, attention)
 
     @property
     def inits(self) -> tuple[str, str, str]:

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dtlens.data.registry import load_dataset
-from dtlens.diagnostics.registry import RUN_DIAGNOSTICS, STUDY_DIAGNOSTICS
+from dtlens.diagnostics.contract import GROUP_CONTEXT, RunGroup, RunKey
 from dtlens.errors import DtlensError
 from dtlens.experiments.presets import Preset
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
 from dtlens.experiments.studies import block_swap_specs, spec_for
-from dtlens.interp.registry import interp_tasks
+from dtlens.interp.analyses import READS as INTERP_READS
+from dtlens.interp.registry import ANALYSES
+from dtlens.interp.viewer import write_run_view
 from dtlens.io import load_json, save_json
 from dtlens.locks import folder_lock
 from dtlens.model.controls import base_init
@@ -41,23 +43,18 @@ class Plan:
     so that the report reads any preset alike."""
 
     label: str
-    main: dict[tuple[str, int], RunSpec]  # (role, seed) -> K=20 run
-    no_context: dict[tuple[str, int, int], RunSpec]  # (role, K, seed) -> run
-    no_clip: dict[tuple[str, int], RunSpec]  # (role, seed) -> K=20 run without clipping
-    block_swap: dict[tuple[str, int], RunSpec] = field(default_factory=dict)  # (variant, seed)
+    main: dict[RunKey, RunSpec]  # K=20 runs of every role
+    no_context: dict[RunKey, RunSpec]  # K=1 and K=20 runs of the random and language roles
+    no_clip: dict[RunKey, RunSpec]  # K=20 runs without clipping (image)
+    block_swap: dict[RunKey, RunSpec] = field(default_factory=dict)  # K=1, role: the variant
+
+    def group(self, name: RunGroup) -> dict[RunKey, RunSpec]:
+        return getattr(self, name)
 
     def roles(self) -> dict:
-        """Run names by role, as the report reads them (JSON keys are strings)."""
-
-        def names(runs: dict) -> dict[str, str]:
-            return {"|".join(map(str, key)): spec.name for key, spec in runs.items()}
-
-        return {
-            "main": names(self.main),
-            "no_context": names(self.no_context),
-            "no_clip": names(self.no_clip),
-            "block_swap": names(self.block_swap),
-        }
+        """Run names by group and key, as the report reads them (`RunKey.label`)."""
+        groups: tuple[RunGroup, ...] = ("main", "no_context", "no_clip", "block_swap")
+        return {g: {key.label(g): spec.name for key, spec in self.group(g).items()} for g in groups}
 
     def specs(self) -> list[RunSpec]:
         every = [
@@ -82,21 +79,24 @@ def plan(preset: Preset) -> list[Plan]:
         for seed in preset.seeds:
             cfg = base.replace(seed=seed, context_len=20)
             for who, init in roles.items():
-                main[(who, seed)] = spec_for(cfg.replace(init=init))
+                main[RunKey(who, seed)] = spec_for(cfg.replace(init=init))
             for who in ("random", "language"):
                 for k in (1, 20):
-                    no_context[(who, k, seed)] = spec_for(
+                    no_context[RunKey(who, seed, k)] = spec_for(
                         cfg.replace(init=roles[who], context_len=k)
                     )
-            no_clip[("image", seed)] = spec_for(cfg.replace(init=preset.image, grad_clip=None))
+            no_clip[RunKey("image", seed)] = spec_for(
+                cfg.replace(init=preset.image, grad_clip=None)
+            )
             swap_base = cfg.replace(
                 epochs=preset.block_swap_epochs.get(label, base.epochs),
                 size=preset.block_swap_size,
             )
             blocks = None if preset.block_swap_blocks is None else list(preset.block_swap_blocks)
-            specs = block_swap_specs(swap_base, preset.language, blocks, context=1)
+            k = GROUP_CONTEXT["block_swap"]
+            specs = block_swap_specs(swap_base, preset.language, blocks, context=k)
             for variant, spec in specs.items():
-                swap[(variant, seed)] = spec
+                swap[RunKey(variant, seed, k)] = spec
         plans.append(_keeping_epochs(preset, Plan(label, main, no_context, no_clip, swap)))
     return plans
 
@@ -115,8 +115,8 @@ def _keeping_epochs(preset: Preset, p: Plan) -> Plan:
     needs: dict[str, set[int]] = {s.name: set() for s in p.specs()}
     for spec in p.main.values():
         needs[spec.name].update(keep["K20"])
-    for (_, k, _), spec in p.no_context.items():
-        needs[spec.name].update(keep["K1" if k == 1 else "K20"])
+    for key, spec in p.no_context.items():
+        needs[spec.name].update(keep["K1" if key.context == 1 else "K20"])
 
     def keeping(runs: dict) -> dict:
         return {
@@ -218,9 +218,10 @@ def _log_outcome(log: Log) -> Callable[[RunOutcome], None]:
 
 
 def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None:
-    """Every registered diagnostic of one dataset's runs, every seed; a diagnostic that fails is
-    logged, not fatal."""
-    runs, device = root / "runs", preset.train.device
+    """Every registered analysis that declares the runs it reads, on those of one dataset's
+    finished runs (a run analysis on each, a study analysis on all together), then the attention
+    pages of the runs the interp analyses read; an analysis that fails is logged, not fatal."""
+    folder, device = root / "runs", preset.train.device
 
     def step(what: str, fn: Callable[[], object]) -> None:
         t0 = time.perf_counter()
@@ -230,22 +231,18 @@ def analyse(preset: Preset, p: Plan, root: Path, ok: set[str], log: Log) -> None
         except Exception as e:  # one broken diagnostic must not lose the others
             log(f"  {what} FAILED: {e}")
 
-    by_role = {
-        "main": {k: Run(runs / s.name, device) for k, s in p.main.items() if s.name in ok},
-        "k1": {
-            (who, seed): Run(runs / s.name, device)
-            for (who, k, seed), s in p.no_context.items()
-            if k == 1 and s.name in ok
-        },
-    }
-    for diag in RUN_DIAGNOSTICS.values():
-        options = {opt: getattr(preset, attr) for opt, attr in diag.preset_options.items()}
-        for run in by_role[diag.runs].values():
-            step(f"{diag.name} {run.name}", lambda d=diag, r=run, o=options: d.write(r, **o))
-    studies = {"no_context": p.no_context, "block_swap": p.block_swap}
-    for name, diag in STUDY_DIAGNOSTICS.items():
-        finished = {k: Run(runs / s.name) for k, s in studies[name].items() if s.name in ok}
-        if finished:
-            step(f"{name} comparison", lambda d=diag, f=finished: d.write(f, root))
-    for what, task in interp_tasks(by_role["main"], root):
-        step(what, task)
+    def finished(runs: dict[RunKey, RunSpec]) -> dict[RunKey, Run]:
+        return {k: Run(folder / s.name, device) for k, s in runs.items() if s.name in ok}
+
+    for diag in ANALYSES.values():
+        if diag.reads is None:
+            continue
+        runs = finished(diag.reads.select(p.group(diag.reads.group)))
+        if diag.scope == "study":
+            jobs = [(f"{diag.name} comparison", runs, root)] if runs else []
+        else:
+            jobs = [(f"{diag.name} {run.name}", run, None) for run in runs.values()]
+        for what, target, where in jobs:
+            step(what, lambda d=diag, t=target, w=where: d.write(t, w, **d.options(preset, t)))
+    for run in finished(INTERP_READS.select(p.main)).values():
+        step(f"attention view {run.name}", lambda r=run: write_run_view(r))

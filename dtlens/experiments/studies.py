@@ -11,8 +11,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from dtlens.diagnostics import blocks as blocks_study
-from dtlens.diagnostics import context
+from dtlens.diagnostics.analyses import block_swap, no_context
+from dtlens.diagnostics.contract import RunKey
 from dtlens.errors import DtlensError
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
 from dtlens.model.config import BackboneConfig
@@ -25,12 +25,12 @@ from dtlens.train.run import Run
 def no_context_specs(
     base: TrainConfig, inits: list[str], contexts=(1, 20), seeds: list[int] | None = None
 ) -> dict:
-    """{(init, K, seed): RunSpec} for every init at every context length and seed (default: the
-    base config's seed)."""
+    """{RunKey(init, seed, K): RunSpec} for every init at every context length and seed (default:
+    the base config's seed)."""
     if not inits:
         raise DtlensError("no inits given")
     return {
-        (init, k, seed): spec_for(base.replace(init=init, context_len=k, seed=seed))
+        RunKey(init, seed, k): spec_for(base.replace(init=init, context_len=k, seed=seed))
         for init in inits
         for k in contexts
         for seed in (seeds or [base.seed])
@@ -126,7 +126,7 @@ def run_no_context(
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
-    return context.DIAGNOSTIC.write(runs, out).ds, outcomes
+    return no_context.DIAGNOSTIC.write(runs, out).ds, outcomes
 
 
 def run_block_swap(
@@ -146,10 +146,10 @@ def run_block_swap(
         size = dataclasses.replace(theirs, n_layers=base.size.n_layers, blocks=())
         base = base.replace(size=size)
     swaps = block_swap_specs(base, donor, blocks, context, released_block_zero)
-    specs = {(v, base.seed): s for v, s in swaps.items()}
+    specs = {RunKey(v, base.seed, context): s for v, s in swaps.items()}
     unique = {s.name: s for s in specs.values()}.values()  # released block 0 is the donor run
     outcomes = execute(unique, out / "runs", workers, scheduler, on_done)
     runs = _finished(specs, outcomes)
     if not runs:
         raise DtlensError("every run failed: " + "; ".join(o.error for o in outcomes))
-    return blocks_study.DIAGNOSTIC.write(runs, out).ds, outcomes
+    return block_swap.DIAGNOSTIC.write(runs, out).ds, outcomes

@@ -26,7 +26,7 @@ from dtlens.diagnostics.registry import DIAGNOSTICS
 from dtlens.errors import DtlensError
 from dtlens.explore.catalog import Catalog
 from dtlens.explore.jobs import Progress, file_lock
-from dtlens.interp import patching
+from dtlens.interp.analyses import patching
 from dtlens.interp.inputs import token_labels
 from dtlens.interp.registry import INTERP
 from dtlens.io import load_json
@@ -45,7 +45,7 @@ RUN_VIEWS: dict[str, Diagnostic] = {
     "gradients": DIAGNOSTICS["gradients"],
 }
 
-#: The file another issue's `dtlens ablate RUN` writes: score(component, episode), ...
+#: The file another issue's `dtlens ablation RUN` writes: score(component, episode), ...
 ABLATION = "ablation"
 
 
@@ -283,11 +283,11 @@ def training_gradients(run: Run) -> dict:
 
 
 def ablation(run: Run) -> dict:
-    """`RUN/diagnostics/ablation.nc` (written by `dtlens ablate RUN`), or a note that it is not
+    """`RUN/diagnostics/ablation.nc` (written by `dtlens ablation RUN`), or a note that it is not
     there."""
     path = run.path / "diagnostics" / f"{ABLATION}.nc"
     if not path.is_file():
-        return {"available": False, "message": f"not computed: run `dtlens ablate {run.path}`"}
+        return {"available": False, "message": f"not computed: run `dtlens ablation {run.path}`"}
     with xr.open_dataset(path) as ds:
         ci = ds["score_change_ci"]
         return {

@@ -13,8 +13,8 @@
   `rollout_effect(model_or_run, interventions, episodes, seed)` (what they do to the return)
   and `return_sweep(run, targets)` (achieved return against the return-to-go target).
 
-`dtlens.interp.registry.INTERP` lists the run and study analyses built on them (the Diagnostic
-contract), which `dtlens reproduce` and the report iterate.
+The analyses on runs built on them (the Diagnostic contract) are `dtlens.interp.analyses.NAME`,
+listed by `dtlens.interp.registry.INTERP`, which `dtlens reproduce` and the report iterate.
 """
 
 from dtlens.lazy import lazy_exports

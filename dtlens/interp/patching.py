@@ -11,7 +11,7 @@ run's block activity into a random-init one. The recovered fraction of a site is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,18 +22,11 @@ from torch import Tensor
 
 from dtlens.capture.hooks import HookKind, resolve_hooks
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
 from dtlens.errors import DtlensError
-from dtlens.interp.inputs import as_numpy, eval_mode, last_actions, model_args, run_attrs
+from dtlens.interp.inputs import as_numpy, eval_mode, last_actions, model_args
 from dtlens.model.checkpoint import load_model
 from dtlens.model.dt import DecisionTransformer
-from dtlens.plotting import grouped_bars, panels, save_figure
 from dtlens.train.run import Run
-
-#: What the reproduction patches across runs: each block's attention and MLP output.
-BLOCK_OUTPUTS = ("attn_out", "mlp_out")
-#: Probe windows it patches on (the first of the recipient's), to keep `make demo` short.
-CROSS_SAMPLES = 50
 
 
 @dataclass(frozen=True)
@@ -203,192 +196,3 @@ def load_donor(source: str | Path, device: str = "cpu") -> DecisionTransformer:
     if path.is_dir():
         return Run(path, device).load_model(-1)
     return load_model(path).to(device).eval()
-
-
-def site_label(hook: str, layer: int, head: int, position: int) -> str:
-    parts = [f"L{layer}" if layer >= 0 else "", f"H{head}" if head >= 0 else ""]
-    return "".join(parts) + f" {hook}" + (f" @{position}" if position >= 0 else "")
-
-
-def labels(ds: xr.Dataset) -> list[str]:
-    coords = (ds[c].values for c in ("hook", "layer", "head", "position"))
-    return [
-        site_label(str(h), int(b), int(hd), int(p)) for h, b, hd, p in zip(*coords, strict=True)
-    ]
-
-
-def compute_patching(
-    run: Run,
-    donor: str | Path | None = None,
-    epoch: int = -1,
-    samples: int | None = None,
-    hooks: Sequence[str] = ("attn_out", "mlp_out", "z"),
-    positions: bool = False,
-    seed: int = 0,
-) -> xr.Dataset:
-    """Patching on `run`'s checkpoint `epoch` over its probe windows. Without a donor: clean =
-    the windows, corrupted = the same windows with the last state of another window (seeded).
-    With a donor (a run folder or checkpoint): the donor's activations on the same windows."""
-    (epoch,) = run.resolve_epochs([epoch])
-    model, batch = run.load_model(epoch), run.windows(samples)
-    at = list(range(3 * batch.timesteps.shape[1])) if positions else None
-    if donor is None:
-        ds = activation_patching(model, batch, corrupt_last_state(batch, seed), hooks, at)
-        setup = {"corrupted": f"last state from another window (seed {seed})", "donor": ""}
-    else:
-        donor_model = load_donor(donor, run.device)
-        ds = activation_patching(model, batch, batch, hooks, at, donor=donor_model)
-        setup = {"corrupted": "none (same windows)", "donor": str(donor)}
-    return ds.assign_attrs(setup | run_attrs(run, epoch))
-
-
-def plot_patching(ds: xr.Dataset, path: str | Path) -> Path:
-    """Recovered fraction per site: bars, or layer x position maps per hook when per position."""
-    per_position = bool((ds["position"].values >= 0).any())
-    if not per_position:
-        fig, axes = panels(1, 1, size=(max(4.0, 0.3 * ds.sizes["site"]), 3.2))
-        axes[0, 0].bar(labels(ds), ds["recovered"].values, color="C0")
-        axes[0, 0].tick_params(axis="x", rotation=90, labelsize=7)
-        axes[0, 0].set(ylabel="fraction of the gap recovered")
-    else:
-        hooks = list(dict.fromkeys(ds["hook"].values))
-        fig, axes = panels(len(hooks), 1, size=(7.0, 2.4))
-        for ax, hook in zip(axes[:, 0], hooks, strict=True):
-            part = ds.isel(site=ds["hook"].values == hook)
-            rows = [
-                f"{b} {h}" for b, h in zip(part["layer"].values, part["head"].values, strict=True)
-            ]
-            names = list(dict.fromkeys(rows))
-            grid = np.full((len(names), int(part["position"].max()) + 1), np.nan)
-            for row, position, value in zip(
-                rows, part["position"].values, part["recovered"].values, strict=True
-            ):
-                grid[names.index(row), position] = value
-            image = ax.imshow(grid, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
-            ax.set_yticks(
-                range(len(names)), [site_label("", *map(int, n.split()), -1) for n in names]
-            )
-            ax.set(title=hook, xlabel="position (R, s, a per step)")
-            fig.colorbar(image, ax=ax)
-    fig.suptitle(
-        f"activation patching of {ds.attrs.get('run', '')}, epoch {ds.attrs.get('epoch', '')}",
-        fontsize=10,
-    )
-    return save_figure(fig, path)
-
-
-def summary(ds: xr.Dataset) -> Table:
-    gap = float(np.sqrt(((ds["clean_action"] - ds["corrupted_action"]) ** 2).mean()))
-    order = np.argsort(-np.abs(np.nan_to_num(ds["recovered"].values)))[:20]
-    names = labels(ds)
-    rows = [[names[i], float(ds["recovered"].values[i])] for i in order]
-    title = (
-        f"activation patching of {ds.attrs.get('run', '')} (epoch {ds.attrs.get('epoch', '')}; "
-        f"corrupted: {ds.attrs.get('corrupted', '')}; donor: {ds.attrs.get('donor') or 'itself'}"
-        f"; RMS gap {gap:.3g}), top sites"
-    )
-    return Table(title, ["site", "recovered fraction"], rows)
-
-
-def _cross_pairs(runs: Mapping[tuple[str, int], Run]) -> list[tuple[int, dict[str, Run], Run]]:
-    """Per seed with a random and a language run: the recipient (random, seed) and its donors:
-    the language run of the same seed and, as a control, the random run of the next seed (none
-    with a single seed)."""
-    seeds = sorted(seed for role, seed in runs if role == "random")
-    pairs = []
-    for i, seed in enumerate(seeds):
-        if ("language", seed) not in runs:
-            continue
-        donors = {"language": runs[("language", seed)]}
-        if len(seeds) > 1:
-            donors["random"] = runs[("random", seeds[(i + 1) % len(seeds)])]
-        pairs.append((seed, donors, runs[("random", seed)]))
-    if not pairs:
-        raise DtlensError("cross-run patching needs a language and a random run of one seed")
-    return pairs
-
-
-def compute_cross_patching(
-    runs: Mapping[tuple[str, int], Run], samples: int | None = CROSS_SAMPLES
-) -> xr.Dataset:
-    """Each block's attention and MLP output of a donor run patched into a random-init run on
-    the recipient's first `samples` probe windows (at most the probe): donors are the language
-    run of the same seed and (control) another seed's random run. `recovered(donor, seed, site)`."""
-    pairs, parts = _cross_pairs(runs), []
-    for _, donors, recipient in pairs:
-        n = None if samples is None else min(samples, recipient.train_config.probe_size)
-        model, batch = recipient.load_model(-1), recipient.windows(n)
-        per_donor = [
-            activation_patching(model, batch, batch, BLOCK_OUTPUTS, donor=d.load_model(-1))[
-                ["recovered"]
-            ]
-            for d in donors.values()
-        ]
-        parts.append(xr.concat(per_donor, dim=xr.DataArray(list(donors), dims="donor")))
-    seeds = [seed for seed, _, _ in pairs]
-    ds = xr.concat(parts, dim=xr.DataArray(seeds, dims="seed"))
-    return ds.assign_attrs(hooks=",".join(BLOCK_OUTPUTS), recipient="random")
-
-
-def plot_cross_patching(ds: xr.Dataset, path: str | Path) -> Path:
-    fig, axes = panels(1, 1, size=(max(4.0, 0.6 * ds.sizes["site"]), 3.2))
-    mean = ds["recovered"].mean("seed")
-    grouped_bars(
-        axes[0, 0],
-        labels(ds),
-        {f"{d} donor": mean.sel(donor=d).values for d in ds["donor"].values},
-        "donor block outputs patched into random-init runs",
-        "fraction of the gap recovered",
-    )
-    axes[0, 0].tick_params(axis="x", rotation=45)
-    return save_figure(fig, path)
-
-
-def cross_summary(ds: xr.Dataset) -> Table:
-    names = labels(ds)
-    rows = [
-        [f"{d} -> random", names[i], *ds["recovered"].sel(donor=d).isel(site=i).values.tolist()]
-        for d in ds["donor"].values
-        for i in range(ds.sizes["site"])
-    ]
-    header = ["donor", "site", *(f"seed {s}" for s in ds["seed"].values)]
-    return Table("fraction of the donor-recipient action gap recovered per site", header, rows)
-
-
-def donor_recovery(ds: xr.Dataset, role: str) -> np.ndarray:
-    """Per seed: the recovered fraction of `role`'s donor run, mean over the patched sites."""
-    if role not in ds["donor"]:
-        return np.full(ds.sizes["seed"], np.nan)
-    return ds["recovered"].sel(donor=role).mean("site").values
-
-
-CROSS = Diagnostic(
-    name="cross_patching",
-    title="Block outputs patched across runs",
-    compute=compute_cross_patching,
-    plot=plot_cross_patching,
-    summary=cross_summary,
-    scope="study",
-    finding=Finding(
-        claim=(
-            "Does a language-pretrained run's block activity, patched into a random-init run, "
-            "move its action toward the donor's by a different fraction than another random "
-            "run's does?"
-        ),
-        short="donor activity recovered",
-        statistic=(
-            "fraction of the donor-recipient action gap recovered by one block output (attention "
-            "or MLP) of the donor, mean over block outputs"
-        ),
-        expect="two-sided",  # a question, not a claim of the paper
-        per_seed=donor_recovery,
-    ),
-)
-
-DIAGNOSTIC = Diagnostic(
-    name="patching",
-    title="Activation patching",
-    compute=compute_patching,
-    plot=plot_patching,
-    summary=summary,
-)

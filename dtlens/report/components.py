@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from dtlens.diagnostics.contract import Diagnostic
-from dtlens.interp.registry import INTERP, ROLES
+from dtlens.interp.analyses import ROLES
+from dtlens.interp.registry import INTERP
 from dtlens.interp.viewer import VIEW_NAME
 from dtlens.report.document import Doc
 from dtlens.stats import Comparison
@@ -29,23 +29,6 @@ def direction(c: Comparison, a: str, b: str) -> str:
     if c.verdict != "holds":
         return "no difference shown"
     return f"{a} > {b}" if c.effect > 0 else f"{a} < {b}"
-
-
-def _values(study: Any, diag: Diagnostic) -> dict[str, np.ndarray]:
-    f = diag.finding
-    if diag.scope == "study":
-        ds = diag.load(study.folder)
-        return {} if ds is None else {who: np.asarray(f.per_seed(ds, who)) for who in ROLES}
-    values = {}
-    for who in ROLES:
-        results = [
-            diag.load(r) if r else None
-            for r in (study.run_dir("main", who, seed) for seed in study.seeds)
-        ]
-        values[who] = np.asarray(
-            [np.nan if ds is None else f.value(ds) for ds in results], dtype=float
-        )
-    return values
 
 
 def _mean(v: np.ndarray) -> float:
@@ -71,7 +54,7 @@ def components_section(doc: Doc, study: Any) -> tuple[list[list[str]], dict[str,
     if views:
         doc.p("Attention viewers (every head on probe windows): " + ", ".join(views) + ".")
     rows, comparisons = [], {}
-    for diag in INTERP.values():
+    for diag in (d for d in INTERP.values() if d.finding is not None and d.reads is not None):
         f = diag.finding
         doc.h(diag.title, 4)
         doc.p(f"*Question:* {f.claim}")
@@ -84,7 +67,7 @@ def components_section(doc: Doc, study: Any) -> tuple[list[list[str]], dict[str,
                     doc.figure(
                         diag.png_path(run), f"{diag.name}, {who} init, seed {first}", study.root
                     )
-        values = _values(study, diag)
+        values = study.per_seed(diag)
         c = f.compare(values.get(f.a, []), values.get(f.b, []))
         comparisons[diag.name] = c
         seen = direction(c, f.a, f.b)

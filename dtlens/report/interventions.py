@@ -1,6 +1,6 @@
 """The report's "What the policy needs" section: each component of the language- and random-init
-K=20 runs ablated during evaluation rollouts (`dtlens.interp.ablation`), and whether losing it
-costs the two inits a different share of their normalized return, over seeds.
+K=20 runs ablated during evaluation rollouts (`dtlens.interp.analyses.ablation`), and whether losing
+it costs the two inits a different share of their normalized return, over seeds.
 
 Per component and seed the statistic is `score_change`, the mean over episodes of the paired
 difference ablated - unablated normalized score. Language vs random is a question beyond the
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dtlens.interp.ablation import DIAGNOSTIC as ABLATION
-from dtlens.interp.registry import ROLES
+from dtlens.interp.analyses import ROLES
+from dtlens.interp.analyses.ablation import DIAGNOSTIC as ABLATION
 from dtlens.report.components import direction
 from dtlens.report.document import Doc
 from dtlens.stats import Comparison, compare
@@ -68,7 +68,7 @@ def policy_section(doc: Doc, study: Any) -> dict[str, Comparison]:
         "Language vs random is two-sided: **language > random** (losing the component costs "
         "the language init less) when the 95% Welch interval over seeds lies above 0, "
         "**language < random** when it lies below, **no difference shown** otherwise. One "
-        f"run's: `dtlens ablate RUN --components {','.join(map(str, first['component'].values))}"
+        f"run's: `dtlens ablation RUN --components {','.join(map(str, first['component'].values))}"
         f" --how {attrs['how']} --episodes {attrs['episodes']} --max-steps {attrs['max_steps']}`."
     )
     for who in ROLES:

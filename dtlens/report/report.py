@@ -18,9 +18,9 @@ import numpy as np
 import xarray as xr
 
 from dtlens.diagnostics.claims import TABLE1, TABLE1_K1
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import GROUP_CONTEXT, Diagnostic, Finding, RunGroup, RunKey, Table
 from dtlens.diagnostics.registry import DIAGNOSTICS
-from dtlens.interp.registry import INTERP
+from dtlens.interp.registry import ANALYSES
 from dtlens.io import load_json, write_atomic
 from dtlens.report.components import components_section, direction
 from dtlens.report.document import Doc
@@ -57,24 +57,55 @@ def verdict_text(c: Comparison) -> str:
 
 
 class Study:
-    """One dataset's results inside a reproduction folder, read by role and seed."""
+    """One dataset's results inside a reproduction folder, read by group, role and seed."""
 
     def __init__(self, root: Path, label: str, roles: dict, inits: dict):
-        self.root, self.label, self.roles, self.inits = root, label, roles, inits
+        self.root, self.label, self.inits = root, label, inits
+        #: Run names by group and key (reproduce.json's "roles", `RunKey.label` parsed back).
+        self.names: dict[str, dict[RunKey, str]] = {
+            group: {RunKey.parse(label, group): name for label, name in runs.items()}
+            for group, runs in roles.items()
+        }
         self.folder = root / label
         self.runs = self.folder / "runs"
-        self.seeds = sorted({int(k.rsplit("|", 1)[1]) for k in roles["main"]})
+        self.seeds = sorted({key.seed for key in self.names["main"]})
 
-    def run_dir(self, role: str, *key: object) -> Path | None:
-        name = self.roles[role].get("|".join(map(str, key)))
+    def run_dir(
+        self, group: RunGroup, role: str, seed: int, context: int | None = None
+    ) -> Path | None:
+        """The finished run of `role` and `seed` in `group` (context length K: the group's)."""
+        key = RunKey(role, seed, GROUP_CONTEXT[group] if context is None else context)
+        name = self.names.get(group, {}).get(key)
         path = self.runs / name if name else None
         return path if path is not None and (path / "metrics.nc").is_file() else None
 
+    def roles_read(self, diag: Diagnostic) -> tuple[str, ...]:
+        """The roles whose runs a run diagnostic reads (`Diagnostic.reads`), in order."""
+        return diag.reads.roles or ROLES
+
     def analysed(self, diag: Diagnostic, who: str, seed: int) -> Path | None:
-        """The run a run-scope diagnostic analysed for `who` and `seed`."""
-        if diag.runs == "k1":
-            return self.run_dir("no_context", who, 1, seed)
-        return self.run_dir("main", who, seed)
+        """The run a run diagnostic analysed for `who` and `seed`."""
+        return self.run_dir(diag.reads.group, who, seed, diag.reads.context)
+
+    def per_seed(
+        self, diag: Diagnostic, statistic: Callable[[xr.Dataset], float] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per role, the per-seed values of `diag`'s finding: a run diagnostic's `statistic`
+        (default: the finding's value) of each seed's result, NaN where there is none, for every
+        role it reads and the two compared; a study diagnostic's `per_seed` of the compared
+        roles (none without its result)."""
+        f = diag.finding
+        if diag.scope == "study":
+            ds = diag.load(self.folder)
+            return (
+                {} if ds is None else {who: np.asarray(f.per_seed(ds, who)) for who in (f.a, f.b)}
+            )
+        values = {}
+        for who in dict.fromkeys((*self.roles_read(diag), f.a, f.b)):
+            runs = [self.analysed(diag, who, seed) for seed in self.seeds]
+            results = [diag.load(run) if run else None for run in runs]
+            values[who] = _per_seed(statistic or f.value, results)
+        return values
 
     def final_score(self, run: Path | None, best: bool = False) -> tuple[float, float]:
         """(score, its std over episodes) of the last evaluated epoch, or of the best one (the
@@ -188,8 +219,7 @@ def _across_tasks(doc: Doc, by_finding: dict[str, dict[str, Comparison]], tasks:
     )
     rows = []
     for name, per_task in by_finding.items():
-        diag = DIAGNOSTICS[name] if name in DIAGNOSTICS else INTERP[name]
-        f = diag.finding
+        f = ANALYSES[name].finding
         agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect=f.expect)
         interval = (
             f"{agg.effect:+.3g} [{agg.ci[0]:+.3g}, {agg.ci[1]:+.3g}]"
@@ -198,7 +228,7 @@ def _across_tasks(doc: Doc, by_finding: dict[str, dict[str, Comparison]], tasks:
         )
         rows.append(
             [
-                diag.title,
+                ANALYSES[name].title,
                 "(not in the paper; two-sided)"
                 if f.expect == "two-sided"
                 else f"{f.a} {_sign(f.expect)} {f.b}",
@@ -220,7 +250,7 @@ def _table1(doc: Doc, s: Study) -> None:
     for who in ROLES:
         last = [s.final_score(s.run_dir("main", who, seed)) for seed in s.seeds]
         best = [s.final_score(s.run_dir("main", who, seed), best=True)[0] for seed in s.seeds]
-        k1 = [s.final_score(s.run_dir("no_context", who, 1, seed))[0] for seed in s.seeds]
+        k1 = [s.final_score(s.run_dir("no_context", who, seed, context=1))[0] for seed in s.seeds]
         rows.append(
             [
                 who,
@@ -292,11 +322,10 @@ def section(doc: Doc, s: Study, diag: Diagnostic) -> tuple[list[str], Comparison
             _table(doc, diag.summary(ds))
             doc.figure(diag.png_path(s.folder), diag.title, s.root)
             if f is not None:
-                values = {who: np.asarray(f.per_seed(ds, who)) for who in (f.a, f.b)}
+                values = s.per_seed(diag)
     else:
         first = s.seeds[0]
-        roles = ROLES if diag.runs == "main" else ("random", "language")
-        for who in roles:
+        for who in s.roles_read(diag):
             run = s.analysed(diag, who, first)
             ds = diag.load(run) if run else None
             if ds is None:
@@ -305,12 +334,9 @@ def section(doc: Doc, s: Study, diag: Diagnostic) -> tuple[list[str], Comparison
             _table(doc, diag.summary(ds))
             doc.figure(diag.png_path(run), f"{diag.name}, {who} init, seed {first}", s.root)
         if f is not None:
-            for who in dict.fromkeys((*roles, f.a, f.b)):
-                runs = [s.analysed(diag, who, seed) for seed in s.seeds]
-                results = [diag.load(run) if run else None for run in runs]
-                values[who] = _per_seed(f.value, results)
-                if f.correct is not None:
-                    correct[who] = _per_seed(f.correct, results)
+            values = s.per_seed(diag)
+            if f.correct is not None:
+                correct = s.per_seed(diag, f.correct)
     if f is None:
         return [diag.title, "", "", "", "", ""], None
     c = f.compare(values.get(f.a, []), values.get(f.b, []))

@@ -7,25 +7,24 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, RunKey, Table
 from dtlens.diagnostics.curves import CURVES, ema, last_finite, stack_runs, steps_to_fraction
 from dtlens.plotting import panels, save_figure
 from dtlens.train.run import Run
 
-Key = tuple[str, int, int]  # (init or role, K, seed)
 
-
-def compare_context(runs: dict[Key, Run], fraction: float = 0.9, alpha: float = 0.8) -> xr.Dataset:
-    """Curves of runs keyed by (init, K, seed), along a `run` dim with `init`, `context` and
+def compare_context(
+    runs: dict[RunKey, Run], fraction: float = 0.9, alpha: float = 0.8
+) -> xr.Dataset:
+    """Curves of runs keyed by (init or role, seed, K), along a `run` dim with `init`, `context` and
     `seed` coordinates, and how fast each converges: `steps_to_fraction` is the first step at
     which the EMA-smoothed action error has made `fraction` of its total decrease; `final_*` are
     the last evaluated epoch's values."""
-    ds = stack_runs({f"{init} K={k} s{seed}": r for (init, k, seed), r in runs.items()})
+    ds = stack_runs({f"{k.role} K={k.context} s{k.seed}": r for k, r in runs.items()})
     ds = ds.assign_coords(
-        init=("run", [i for i, _, _ in runs]),
-        context=("run", [k for _, k, _ in runs]),
-        seed=("run", [s for _, _, s in runs]),
+        init=("run", [k.role for k in runs]),
+        context=("run", [k.context for k in runs]),
+        seed=("run", [k.seed for k in runs]),
     )
     loss = [ds["loss"].sel(run=r).values for r in ds.run.values]
     ds["loss_smoothed"] = (("run", "step"), np.stack([ema(x, alpha) for x in loss]))
@@ -99,11 +98,15 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_context,
     summary=summary,
     finding=Finding(
-        claim=CLAIMS["no_context"],
+        claim=(
+            "Without context (K=1) GPT-2 converges as fast as with context; random init slows down "
+            "(Hopper: 81.3 vs -0.3)."
+        ),
         short="pretrained lose less at K=1",
         statistic="normalized score lost without context (K=20 minus K=1), per seed",
         expect="less",
         per_seed=score_lost,
     ),
     scope="study",
+    reads=Reads("no_context"),
 )

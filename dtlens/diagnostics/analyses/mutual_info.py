@@ -39,8 +39,7 @@ from jaxtyping import Float
 import dtlens
 from dtlens.capture import capture
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.mutual_info import DEFAULT_METHOD, estimate, permutation_null
 from dtlens.errors import DtlensError
 from dtlens.model.dt import TOKEN_TYPES
@@ -330,7 +329,10 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_mutual_info,
     summary=summary,
     finding=Finding(
-        claim=CLAIMS["mi"],
+        claim=(
+            "Pretrained models hold less information about the data: MINE estimates of I(X;T) and "
+            "I(Y;T) are 1-5 nats for random init, lower for GPT-2, ~0 for ImageGPT."
+        ),
         short="pretrained < random",
         statistic="mean MI, I(X;T) and I(Y;T); with the paper variant the released sites' "
         "(MLP branch output, 3K - 1 context positions, probe batch), else dtlens's",
@@ -340,10 +342,11 @@ DIAGNOSTIC = Diagnostic(
         correct_statistic="mean MI above the permutation null of resid_post at the last "
         "timestep, I(X;T) and I(Y;T), blocks and tokens",
     ),
-    preset_options={
-        "blocks": "mi_blocks",
-        "seeds": "mi_seeds",
-        "samples": "mi_samples",
-        "paper_variant": "paper_variants",
+    reads=Reads(),
+    options=lambda settings, run: {
+        "blocks": settings.mi_blocks,
+        "seeds": settings.mi_seeds,
+        "samples": settings.mi_samples,
+        "paper_variant": settings.paper_variants,
     },
 )

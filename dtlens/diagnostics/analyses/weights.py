@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.weights import KINDS, aggregate, weight_change
 from dtlens.errors import DtlensError
 from dtlens.plotting import grouped_bars, panels, save_figure
@@ -87,10 +86,11 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_weight_change,
     summary=summary,
     finding=Finding(
-        claim=CLAIMS["weights"],
+        claim=("Pretrained weights barely move during fine-tuning (cosine similarity ~1)."),
         short="pretrained move less",
         statistic="relative change of all backbone weights, epoch 0 to last",
         expect="less",
         value=backbone_relative_change,
     ),
+    reads=Reads(),
 )

@@ -28,8 +28,7 @@ import xarray as xr
 
 import dtlens
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.claims import CLAIMS
-from dtlens.diagnostics.contract import Diagnostic, Finding, Table
+from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.gradients import (
     RELEASED_TENSORS,
     GramAccumulator,
@@ -289,7 +288,12 @@ DIAGNOSTIC = Diagnostic(
     plot=plot_gradients,
     summary=summary,
     finding=Finding(
-        claim=CLAIMS["gradients"],
+        claim=(
+            "Early in fine-tuning (epoch 1), ImageGPT's per-sample gradient norms sit at the clip "
+            "value (~0.248) with ~89% of the norm in block 0's first norm layer; clipping starves "
+            "the rest. Without clipping the action error drops but returns barely improve. Gradient"
+            " confusion: GPT-2 -0.97, ImageGPT -0.87, random -0.39."
+        ),
         short="image: gradient concentrated in block 0's first norm",
         statistic=(
             "share of block 0's first norm (weight + bias) in the gradient norm; with the paper "
@@ -305,10 +309,11 @@ DIAGNOSTIC = Diagnostic(
         correct_statistic="mean per-sample share of the squared gradient norm over all "
         "parameters in block 0's ln1 (w + b)",
     ),
-    preset_options={
-        "epoch": "gradient_epoch",
-        "samples": "gradient_samples",
-        "confusion_samples": "gradient_confusion_samples",
-        "paper_variant": "paper_variants",
+    reads=Reads(),
+    options=lambda settings, run: {
+        "epoch": settings.gradient_epoch,
+        "samples": settings.gradient_samples,
+        "confusion_samples": settings.gradient_confusion_samples,
+        "paper_variant": settings.paper_variants,
     },
 )

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dtlens.diagnostics.contract import Diagnostic, Table, Written
+from dtlens.diagnostics.contract import Diagnostic, Settings, Table
+from dtlens.interp.analyses import READS
 from dtlens.interp.inputs import run_attrs
 from dtlens.interp.interventions import How, ablate, check_how, parse_components
 from dtlens.interp.rollouts import Rollouts, change_errors, change_table, rollout_effect
@@ -104,21 +105,22 @@ def summary(ds: xr.Dataset) -> Table:
     return change_table(ds, "component", title)
 
 
+def reproduce_options(settings: Settings, run: Run) -> dict[str, int]:
+    """What `dtlens reproduce` rolls out: at most `REPRODUCE_EPISODES` episodes of at most
+    `REPRODUCE_MAX_STEPS` steps."""
+    how = Rollouts.of(run)
+    return {
+        "episodes": min(REPRODUCE_EPISODES, how.episodes),
+        "max_steps": min(REPRODUCE_MAX_STEPS, how.max_steps),
+    }
+
+
 DIAGNOSTIC = Diagnostic(
     name="ablation",
     title="What the policy needs",
     compute=compute_ablation,
     plot=plot_ablation,
     summary=summary,
+    reads=READS,
+    options=reproduce_options,
 )
-
-
-def write_for_reproduce(run: Run) -> Written:
-    """The default ablation of `run` as `dtlens reproduce` computes it: at most
-    `REPRODUCE_EPISODES` episodes of at most `REPRODUCE_MAX_STEPS` steps."""
-    how = Rollouts.of(run)
-    return DIAGNOSTIC.write(
-        run,
-        episodes=min(REPRODUCE_EPISODES, how.episodes),
-        max_steps=min(REPRODUCE_MAX_STEPS, how.max_steps),
-    )

@@ -105,7 +105,19 @@ def synthetic_cmd(
     states: int = typer.Option(100, min=2, help="The chain's state space (its vocabulary)."),
     order: int = typer.Option(1, min=1, help="How many previous tokens the chain conditions on."),
     temperature: float = typer.Option(1.0, min=1e-6, help="Softmax temperature of the chain."),
-    steps: int = typer.Option(STEPS["synthetic"], min=1, help="Optimiser steps."),
+    tokens: int = typer.Option(
+        None,
+        min=1,
+        help="Train for this many tokens with the text backbone's optimiser, resumed from "
+        "$DTLENS_CACHE/pretrain/synthetic (the control on the text backbone's budget: its "
+        "tokens_seen). Without it: --steps steps, the first embedded build.",
+    ),
+    steps: int = typer.Option(
+        None,
+        min=1,
+        help=f"Optimiser steps (default {STEPS['synthetic']}; with --tokens: stop "
+        "after this many in all, to resume later).",
+    ),
     seed: int = SEED,
     out: Path | None = OUT,
     threads: int | None = THREADS,
@@ -113,13 +125,20 @@ def synthetic_cmd(
     """GPT-2 family (LayerNorm, gelu_new) of the mini size, on random Markov-chain sequences
     (Wang et al. 2024): the control for what language pretraining gives."""
     from dtlens.pretrain import synthetic
+    from dtlens.pretrain.loop import LongRun
 
     _threads(threads)
     if states**order > 1_000_000:
         raise DtlensError(f"states**order = {states**order:,}: at most 1,000,000 contexts")
-    result = synthetic.build(
-        steps=steps, seed=seed, out=out, states=states, order=order, temperature=temperature
-    )
+    chain = dict(states=states, order=order, temperature=temperature)
+    if tokens is None:
+        result = synthetic.build(steps=steps or STEPS["synthetic"], seed=seed, out=out, **chain)
+    else:
+        flags = f" --tokens {tokens} --states {states} --order {order} --temperature {temperature}"
+        result = synthetic.build_for_tokens(
+            tokens, LongRun(seed=seed), out, **chain, max_steps=steps,
+            command=_command("synthetic", seed, out, flags), log=_log,
+        )  # fmt: skip
     _report("synthetic", result)
 
 
@@ -130,8 +149,12 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _command(kind: str, seed: int, out: Path | None) -> str:
-    return f"dtlens pretrain {kind}" + f" --seed {seed}" * (seed != 0) + f" --out {out}" * bool(out)
+def _command(kind: str, seed: int, out: Path | None, flags: str = "") -> str:
+    return (
+        f"dtlens pretrain {kind}{flags}"
+        + f" --seed {seed}" * (seed != 0)
+        + f" --out {out}" * bool(out)
+    )
 
 
 def _log(line: str) -> None:
@@ -145,7 +168,7 @@ def _report(kind: str, result) -> None:
     from dtlens.pretrain.manifest import matches_manifest, record
 
     if result is None:
-        console.print(f"{kind}: not plateaued yet; the same command resumes")
+        console.print(f"{kind}: not finished yet; the same command resumes")
         return
     same = matches_manifest(kind, result.path)
     match = {None: "no manifest entry", True: "yes: same weights", False: "no: other weights"}

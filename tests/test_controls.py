@@ -17,6 +17,7 @@ from dtlens.model.backbones import read_backbone
 from dtlens.model.controls import base_init, matched, shuffled, split_control
 from dtlens.model.inits import resolve_backbone
 from dtlens.pretrain import synthetic
+from dtlens.pretrain.loop import LongRun
 from dtlens.report.report import write_report
 from tests.conftest import TINY
 from tests.test_reproduce import tiny_preset
@@ -101,6 +102,25 @@ def test_synthetic_trains_below_its_unigram_floor(tmp_path):
     assert meta["heldout_loss"] < meta["unigram_loss"] - 0.05
     backbone = read_backbone(out)
     assert backbone.d_vocab == 8 and backbone.cfg.act_fn == "gelu_new"
+
+
+def test_synthetic_for_a_token_budget_stops_there_and_resumes(tmp_path):
+    run = LongRun(batch_size=4, eval_every=5, warmup_steps=2)
+    kw = dict(states=8, size=TINY, n_ctx=16, log=lambda line: None)
+    budget = 4 * 16 * 12  # 12 steps of 4 rows x 16 tokens
+    assert (
+        synthetic.build_for_tokens(budget, run, workdir=tmp_path / "w", max_steps=7, **kw) is None
+    )
+    result = synthetic.build_for_tokens(
+        budget, run, out=tmp_path / "s.safetensors", workdir=tmp_path / "w", **kw
+    )
+    meta = result.meta
+    assert meta["tokens_seen"] == budget and meta["steps"] == 12
+    assert [p["step"] for p in meta["curve_tail"]] == [5, 7, 10, 12]
+    assert meta["stop_rule"].startswith(f"train for {budget:,} tokens")
+    assert meta["heldout_loss"] < meta["unigram_loss"]
+    with pytest.raises(DtlensError, match="another run"):  # another budget is another run
+        synthetic.build_for_tokens(budget * 2, run, workdir=tmp_path / "w", **kw)
 
 
 def test_entropy_rate_of_known_chains():

@@ -207,8 +207,9 @@ class LongRun:
     Plateau: the best held-out loss (evaluated every `eval_every` steps on the whole held-out
     split) has not improved by `min_delta` nats for `patience` evaluations in a row, after at least
     `min_tokens` training tokens. The first `anneals` plateaus divide the learning rate by 10 and
-    training goes on; the next one stops it. Batches depend on (seed, step) only, so a resumed run
-    draws the batches the uninterrupted one would have.
+    training goes on; the next one stops it. With `max_tokens` the run trains for that many tokens
+    instead (no plateau rule: a control matched to another backbone's budget). Batches depend on
+    (seed, step) only, so a resumed run draws the batches the uninterrupted one would have.
     """
 
     seed: int = 0
@@ -221,8 +222,12 @@ class LongRun:
     min_delta: float = 0.01
     anneals: int = 1
     min_tokens: int = 20_000_000
+    max_tokens: int | None = None
 
     def rule(self) -> str:
+        if self.max_tokens is not None:
+            every = f"held-out loss every {self.eval_every} steps"
+            return f"train for {self.max_tokens:,} tokens ({every})"
         return (
             f"stop when the best held-out loss (every {self.eval_every} steps) has not improved by "
             f"{self.min_delta} nats for {self.patience} evaluations after >= {self.min_tokens:,} "
@@ -255,7 +260,9 @@ def pretrain_until_plateau(
     opt = torch.optim.AdamW(
         model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=run.weight_decay
     )
-    identity = {"kind": kind, "run": dataclasses.asdict(run), "corpus": corpus.meta}
+    # unset options are not part of a run's identity (checkpoints made before they existed resume)
+    settings = {k: v for k, v in dataclasses.asdict(run).items() if v is not None}
+    identity = {"kind": kind, "run": settings, "corpus": corpus.meta}
     state = _resume(model, opt, workdir / CHECKPOINT, identity)
     if state is None:
         with torch.random.fork_rng(devices=[]):
@@ -292,7 +299,8 @@ def pretrain_until_plateau(
             losses.append(loss.item())
             state["step"] += 1
             state["tokens_seen"] += rows[:, 1:].numel()
-            if state["step"] % run.eval_every and state["step"] != max_steps:
+            spent = run.max_tokens is not None and state["tokens_seen"] >= run.max_tokens
+            if state["step"] % run.eval_every and state["step"] != max_steps and not spent:
                 if state["step"] % 25 == 0:
                     log(f"{kind}: step {state['step']:,} loss {sum(losses[-25:]) / 25:.3f}")
                 continue
@@ -307,14 +315,17 @@ def pretrain_until_plateau(
                      "seconds": round(state["seconds"], 1)}  # fmt: skip
             losses.clear()
             state["curve"].append(point)
-            _advance_plateau(state, heldout, run)
+            if run.max_tokens is None:
+                _advance_plateau(state, heldout, run)
+            else:
+                state["done"] = spent
             _save_checkpoint(model, opt, state, identity, workdir)
             log(
                 f"{kind}: step {point['step']:,} tokens {point['tokens_seen']:,} train "
                 f"{point['train_loss']:.3f} held-out {heldout:.3f} (ppl {math.exp(heldout):.1f}, "
                 f"unigram {math.exp(unigram):.1f}) lr {point['lr']:.2e} "
                 f"{state['seconds'] / state['step']:.2f} s/step"
-                + (" PLATEAU: done" * state["done"])
+                + (f" DONE ({run.rule()})" * state["done"])
             )
     model.eval()
     if not state["done"]:

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from dtlens.model.config import MINI, BackboneConfig
+from dtlens.paths import cache_dir
 from dtlens.pretrain import STEPS
-from dtlens.pretrain.loop import Corpus, Result, Settings, pretrain
+from dtlens.pretrain.loop import Corpus, LongRun, Result, Settings, pretrain, pretrain_until_plateau
 
 FAMILY = "gpt2"
 STATES = 100
@@ -115,4 +116,42 @@ def build(
         out,
         progress,
         flags=f"--states {states} --order {order} --temperature {temperature}",
+    )
+
+
+def build_for_tokens(
+    tokens: int,
+    run: LongRun | None = None,
+    out: Path | None = None,
+    states: int = STATES,
+    order: int = ORDER,
+    temperature: float = TEMPERATURE,
+    size: BackboneConfig = MINI,
+    n_ctx: int = N_CTX,
+    workdir: Path | None = None,
+    max_steps: int | None = None,
+    command: str = "dtlens pretrain synthetic",
+    log=print,
+) -> Result | None:
+    """Pretrain (or resume) the synthetic backbone for `tokens` training tokens with the language
+    backbone's optimiser (`LongRun`), so that it is the language backbone's control on the same
+    budget; None while it has not finished (stopped by `max_steps`). Every training sequence is a
+    fresh draw of the chain; there are as many as the budget needs."""
+    run = dataclasses.replace(run or LongRun(), max_tokens=tokens)
+    workdir = workdir or cache_dir("pretrain") / "synthetic"
+    chain = corpus(-(-tokens // n_ctx), states, order, temperature, n_ctx)
+    if states <= torch.iinfo(torch.int16).max:  # a quarter of the memory (the loop casts rows)
+        rows = chain.train.to(torch.int16)
+        chain = dataclasses.replace(chain, train=rows, train_tokens=rows)
+    return pretrain_until_plateau(
+        "synthetic",
+        FAMILY,
+        dataclasses.replace(size, normalization_type="LN", act_fn="gelu_new"),
+        chain,
+        run,
+        workdir,
+        command,
+        out,
+        max_steps,
+        log,
     )

@@ -106,7 +106,7 @@ def test_synthetic_trains_below_its_unigram_floor(tmp_path):
 
 def test_synthetic_for_a_token_budget_stops_there_and_resumes(tmp_path):
     run = LongRun(batch_size=4, eval_every=5, warmup_steps=2)
-    kw = dict(states=8, size=TINY, n_ctx=16, log=lambda line: None)
+    kw = dict(states=8, size=TINY, n_ctx=16, log=lambda line: None, pool_rows=64)
     budget = 4 * 16 * 12  # 12 steps of 4 rows x 16 tokens
     assert (
         synthetic.build_for_tokens(budget, run, workdir=tmp_path / "w", max_steps=7, **kw) is None
@@ -119,8 +119,12 @@ def test_synthetic_for_a_token_budget_stops_there_and_resumes(tmp_path):
     assert [p["step"] for p in meta["curve_tail"]] == [5, 7, 10, 12]
     assert meta["stop_rule"].startswith(f"train for {budget:,} tokens")
     assert meta["heldout_loss"] < meta["unigram_loss"]
-    with pytest.raises(DtlensError, match="another run"):  # another budget is another run
-        synthetic.build_for_tokens(budget * 2, run, workdir=tmp_path / "w", **kw)
+    # a larger budget continues the run: the same weights as a run straight to it
+    longer = synthetic.build_for_tokens(2 * budget, run, workdir=tmp_path / "w", **kw)
+    straight = synthetic.build_for_tokens(2 * budget, run, workdir=tmp_path / "x", **kw)
+    assert longer.meta["steps"] == 24 and longer.meta["curve_tail"][-1]["step"] == 24
+    a, b = (read_backbone(r.path).state for r in (longer, straight))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_entropy_rate_of_known_chains():

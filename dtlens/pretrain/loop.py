@@ -260,8 +260,10 @@ def pretrain_until_plateau(
     opt = torch.optim.AdamW(
         model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=run.weight_decay
     )
-    # unset options are not part of a run's identity (checkpoints made before they existed resume)
+    # the token budget may grow (the learning rate does not decay), so it is not part of a run's
+    # identity; neither are options unset (checkpoints made before they existed resume)
     settings = {k: v for k, v in dataclasses.asdict(run).items() if v is not None}
+    settings.pop("max_tokens", None)
     identity = {"kind": kind, "run": settings, "corpus": corpus.meta}
     state = _resume(model, opt, workdir / CHECKPOINT, identity)
     if state is None:
@@ -273,6 +275,8 @@ def pretrain_until_plateau(
         log(f"{kind}: fresh run in {workdir}; {run.rule()}")
     else:
         log(f"{kind}: resumed at step {state['step']:,} ({state['tokens_seen']:,} tokens)")
+        if run.max_tokens is not None:  # a budget may have grown
+            state["done"] = state["tokens_seen"] >= run.max_tokens
     unigram = unigram_loss(corpus.train_tokens, corpus.heldout[:, 1:], corpus.d_vocab)
     model.train()
     losses: list[float] = []

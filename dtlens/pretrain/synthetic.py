@@ -29,6 +29,8 @@ N_CTX = 128
 BATCH_SIZE = 32
 LR = 2e-3
 HELDOUT_ROWS = 256
+#: Training sequences of a token-budget run: 2**18 x 128 = 33.6 M tokens, 67 MB as int16.
+POOL_ROWS = 2**18
 
 
 def transition_table(states: int, order: int, temperature: float, seed: int = 0) -> Tensor:
@@ -132,14 +134,16 @@ def build_for_tokens(
     max_steps: int | None = None,
     command: str = "dtlens pretrain synthetic",
     log=print,
+    pool_rows: int = POOL_ROWS,
 ) -> Result | None:
     """Pretrain (or resume) the synthetic backbone for `tokens` training tokens with the language
     backbone's optimiser (`LongRun`), so that it is the language backbone's control on the same
-    budget; None while it has not finished (stopped by `max_steps`). Every training sequence is a
-    fresh draw of the chain; there are as many as the budget needs."""
+    budget; None while it has not finished (stopped by `max_steps`). Batches are drawn from a pool
+    of `pool_rows` sequences of the chain that does not depend on the budget, so a larger budget
+    continues a finished run exactly."""
     run = dataclasses.replace(run or LongRun(), max_tokens=tokens)
     workdir = workdir or cache_dir("pretrain") / "synthetic"
-    chain = corpus(-(-tokens // n_ctx), states, order, temperature, n_ctx)
+    chain = corpus(pool_rows, states, order, temperature, n_ctx)
     if states <= torch.iinfo(torch.int16).max:  # a quarter of the memory (the loop casts rows)
         rows = chain.train.to(torch.int16)
         chain = dataclasses.replace(chain, train=rows, train_tokens=rows)

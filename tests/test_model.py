@@ -116,7 +116,8 @@ def test_quick_gelu_matches_hf():
 @pytest.mark.parametrize("grad", [False, True])
 def test_in_place_activations_keep_the_bits(dtype, grad):
     """gelu_new / quick_gelu computed in place (no grad) equal TransformerLens's / the plain
-    formula bit for bit, specials and subnormals included; with grad they still backpropagate."""
+    formula bit for bit (NaN stays NaN), specials and subnormals included, also under vmap;
+    with grad they still backpropagate."""
     from transformer_lens.utilities.activation_functions import gelu_new
 
     special = [float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, 1e30, -1e30, 0.0, -0.0]
@@ -128,7 +129,14 @@ def test_in_place_activations_keep_the_bits(dtype, grad):
     theirs = (gelu_new(x), x * torch.sigmoid(1.702 * x))
     bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
     for a, b in zip(ours, theirs, strict=True):
-        assert torch.equal(a.detach().view(bits), b.view(bits))
+        nan = b.isnan()
+        assert torch.equal(a.detach().isnan(), nan)
+        assert torch.equal(a.detach()[~nan].view(bits), b[~nan].view(bits))
+    nan = theirs[0].isnan()
+    with torch.no_grad():  # torch.func.vmap batches the in-place version
+        batched = torch.func.vmap(gelu_new_in_place)(x.view(-1, 1))
+    assert torch.equal(batched.view(-1).isnan(), theirs[0].isnan())
+    assert torch.equal(batched.view(-1)[~nan], theirs[0][~nan])
     assert torch.equal(xs.detach().view(bits), x.view(bits))  # the input is left alone
     if grad:
         sum(o.sum() for o in ours).backward()

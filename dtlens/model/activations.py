@@ -16,19 +16,17 @@ SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)  # a numpy float64, as in TransformerLens'
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
-        s = torch.mul(x, 1.702).sigmoid_()
-        return torch.mul(x, s, out=s)
+        return torch.mul(x, 1.702).sigmoid_().mul_(x)
     return x * torch.sigmoid(1.702 * x)
 
 
 def gelu_new_in_place(x: torch.Tensor) -> torch.Tensor:
-    """TransformerLens's `gelu_new`, bit for bit: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
-    each operation rounded as there; in place when no autograd needs the intermediates."""
+    """TransformerLens's `gelu_new`, bit for bit (NaN stays NaN): 0.5 x (1 + tanh(sqrt(2/pi) (x +
+    0.044715 x^3))), each operation rounded as there; in place when no autograd needs them."""
     if torch.is_grad_enabled():  # autograd keeps the intermediates
         return gelu_new(x)
-    t = torch.pow(x, 3.0).mul_(0.044715)
-    torch.add(x, t, out=t).mul_(SQRT_2_OVER_PI).tanh_().add_(1.0)
-    return torch.mul(x * 0.5, t, out=t)
+    t = torch.pow(x, 3.0).mul_(0.044715).add_(x).mul_(SQRT_2_OVER_PI).tanh_().add_(1.0)
+    return t.mul_(x * 0.5)  # in-place methods (no out=): torch.func.vmap batches them
 
 
 def register_activations() -> None:

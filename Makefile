@@ -35,12 +35,13 @@ system-packages:
 demo: $(STAMP)
 	$(BIN)/dtlens reproduce --preset mini --out $(OUT)
 
-# pytest-xdist: one worker per core (tests/conftest.py gives each its share of the threads).
+# pytest-xdist: one worker per core (tests/conftest.py gives each its share of the threads and
+# orders the tests longest first; loadgroup hands them out in that order).
 test: $(STAMP) system-packages
-	$(BIN)/pytest -q -n auto
+	$(BIN)/pytest -q -n auto --dist loadgroup
 
 test-fast: $(STAMP) system-packages
-	$(BIN)/pytest -q -n auto -m "not slow"
+	$(BIN)/pytest -q -n auto --dist loadgroup -m "not slow"
 
 # The paper preset at the real sizes on its three tasks, smoke budget: stand-in inputs
 # (random-weight GPT-2 / ImageGPT-small, collected D4RL-layout files), then the whole study.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -19,6 +20,26 @@ def pytest_configure(config) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+#: Test modules whose tests run longest after the paper-scale ones (minutes: the GPU-check
+#: rehearsal, the tiny reproductions), started first.
+LONGEST = ("test_gpu_check.py", "test_reproduce.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest first (paper-scale, then LONGEST, then the other slow tests, then the rest), so
+    that under pytest-xdist (`--dist loadgroup`, which hands out work in this order) the long
+    ones start at once on different workers and the short ones fill in around them."""
+
+    def rank(item) -> int:
+        if item.get_closest_marker("paper_scale"):
+            return 0
+        if item.path.name in LONGEST:
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
+
+    items.sort(key=rank)  # stable: collection order within a rank
 
 
 @pytest.fixture
@@ -80,3 +101,24 @@ def tiny_train_config(dataset, **changes):
         probe_size=6,
     )
     return TrainConfig(**(base | changes))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(hopper_file, tmp_path_factory):
+    """The folder of one tiny training run (`tiny_train_config`, no evaluation), trained once
+    per test process; tests use it through `tiny_run`, never directly."""
+    from dtlens.train.loop import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(trained_tiny_run, tmp_path_factory):
+    """A test module's own copy of the shared tiny run: its tests may write captures and
+    diagnostics into it without touching another module's."""
+    from dtlens.train.run import Run
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    shutil.copytree(trained_tiny_run, out)
+    return Run(out)

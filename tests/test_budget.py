@@ -254,12 +254,6 @@ RUN_COMMANDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(hopper_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("device") / "run"
-    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
-
-
 @pytest.mark.parametrize("command", RUN_COMMANDS, ids=lambda c: c[0])
 def test_every_run_command_takes_a_device(tiny_run, command, monkeypatch):
     """--device cpu computes; --device cuda where CUDA is missing is one line, exit 1, and

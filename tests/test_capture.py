@@ -21,16 +21,13 @@ from dtlens.capture import (
     save_capture,
 )
 from dtlens.errors import DtlensError
-from dtlens.train.loop import train
-from tests.conftest import tiny_train_config
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run(hopper_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("capture") / "run"
-    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
+def run(tiny_run):
+    return tiny_run
 
 
 def padded_probe(run):

@@ -116,18 +116,15 @@ def test_layer_cka_peak_memory_does_not_grow_with_layers(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_attention_distance_layer_by_layer_equals_the_whole_capture(hopper_file, tmp_path):
+def test_attention_distance_layer_by_layer_equals_the_whole_capture(tiny_run):
     """The run-level distances, computed a layer at a time, are those of the whole pattern."""
     from dtlens.capture import capture
     from dtlens.diagnostics.analyses.attention import attention_distances
     from dtlens.diagnostics.attention import attention_distance
-    from dtlens.train.loop import train
-    from tests.conftest import tiny_train_config
 
-    run = train(tiny_train_config(hopper_file, eval_episodes=0), tmp_path / "run", progress=False)
-    ds = attention_distances(run, epochs=[0, 2], context_len=4)
+    ds = attention_distances(tiny_run, epochs=[0, 2], context_len=4)
     for epoch in (0, 2):
-        cap = capture(run.load_model(epoch), run.windows(None, 4), ["pattern"])
+        cap = capture(tiny_run.load_model(epoch), tiny_run.windows(None, 4), ["pattern"])
         whole = attention_distance(cap["pattern"].values, query_mask=cap["valid"].values[:, None])
         got = ds["distance"].sel(epoch=epoch).values
         np.testing.assert_allclose(got, np.nanmean(whole, axis=0), rtol=1e-12)

@@ -32,8 +32,7 @@ from dtlens.interp.registry import INTERP
 from dtlens.model import BackboneConfig
 from dtlens.report.components import direction
 from dtlens.stats import compare
-from dtlens.train.loop import train
-from tests.conftest import dt_inputs, perturb_, tiny_train_config
+from tests.conftest import dt_inputs, perturb_
 
 runner = CliRunner()
 NORMS = ("LN", "RMS")
@@ -346,9 +345,8 @@ def test_interp_findings_are_two_sided_questions():
 
 
 @pytest.fixture(scope="module")
-def run(hopper_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("interp") / "run"
-    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.mark.parametrize(

@@ -12,16 +12,13 @@ from dtlens.capture import capture, capture_run, load_capture
 from dtlens.diagnostics.analyses.cka import diagonal, layer_cka
 from dtlens.diagnostics.cka import cka, cka_paper_variant
 from dtlens.errors import DtlensError
-from dtlens.train.loop import train
-from tests.conftest import tiny_train_config
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run(hopper_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cka") / "run"
-    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

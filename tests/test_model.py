@@ -13,7 +13,7 @@ from cli.main import app
 from dtlens import DecisionTransformer, DTConfig
 from dtlens.errors import DtlensError
 from dtlens.model import BackboneConfig
-from dtlens.model.activations import quick_gelu
+from dtlens.model.activations import gelu_new_in_place, quick_gelu
 from dtlens.model.backbones import random_backbone, random_source, save_backbone
 from dtlens.model.checkpoint import load_model, save_model
 from dtlens.model.inits import backbone_spec, resolve_backbone
@@ -112,6 +112,37 @@ def test_quick_gelu_matches_hf():
 
     x = torch.linspace(-5, 5, 101)
     torch.testing.assert_close(quick_gelu(x), ACT2FN["quick_gelu"](x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True])
+def test_in_place_activations_keep_the_bits(dtype, grad):
+    """gelu_new / quick_gelu computed in place (no grad) equal TransformerLens's / the plain
+    formula bit for bit (NaN stays NaN), specials and subnormals included, also under vmap;
+    with grad they still backpropagate."""
+    from transformer_lens.utilities.activation_functions import gelu_new
+
+    special = [float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, 1e30, -1e30, 0.0, -0.0]
+    x = torch.cat([torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 4,
+                   torch.tensor(special)]).to(dtype)  # fmt: skip
+    with torch.set_grad_enabled(grad):
+        xs = x.clone().requires_grad_(grad)
+        ours = (gelu_new_in_place(xs), quick_gelu(xs))
+    theirs = (gelu_new(x), x * torch.sigmoid(1.702 * x))
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    for a, b in zip(ours, theirs, strict=True):
+        nan = b.isnan()
+        assert torch.equal(a.detach().isnan(), nan)
+        assert torch.equal(a.detach()[~nan].view(bits), b[~nan].view(bits))
+    nan = theirs[0].isnan()
+    with torch.no_grad():  # torch.func.vmap batches the in-place version
+        batched = torch.func.vmap(gelu_new_in_place)(x.view(-1, 1))
+    assert torch.equal(batched.view(-1).isnan(), theirs[0].isnan())
+    assert torch.equal(batched.view(-1)[~nan], theirs[0][~nan])
+    assert torch.equal(xs.detach().view(bits), x.view(bits))  # the input is left alone
+    if grad:
+        sum(o.sum() for o in ours).backward()
+        assert xs.grad is not None
 
 
 def test_checkpoint_round_trip_and_mismatch(tiny_dt, tmp_path):

@@ -24,7 +24,8 @@ from dtlens.experiments.reproduce import plan
 from dtlens.model.config import PAPER_RANDOM
 from dtlens.train.run import Run
 
-pytestmark = [pytest.mark.slow, pytest.mark.paper_scale]
+# One xdist group: the stand-in inputs (a module fixture) are made once, on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.paper_scale, pytest.mark.xdist_group("paper_scale")]
 runner = CliRunner()
 
 

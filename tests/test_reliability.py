@@ -294,9 +294,8 @@ def test_stale_temp_file_is_removed_by_the_next_write(tmp_path):
 
 # -- captures checked against what they were made from ---------------------------------------------
 @pytest.fixture(scope="module")
-def run(hopper_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reliability") / "run"
-    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
+def run(tiny_run):
+    return tiny_run
 
 
 def test_capture_names_what_it_was_made_from(run):

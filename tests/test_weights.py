@@ -17,16 +17,14 @@ from dtlens import DecisionTransformer, DTConfig
 from dtlens.diagnostics.weights import aggregate, classify, weight_change
 from dtlens.errors import DtlensError
 from dtlens.model import BackboneConfig
-from dtlens.train.loop import train
-from tests.conftest import TINY, perturb_, tiny_train_config
+from tests.conftest import TINY, perturb_
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run(hopper_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("weights") / "run"
-    return train(tiny_train_config(hopper_file, eval_episodes=0), out, progress=False)
+def run(tiny_run):
+    return tiny_run
 
 
 def test_model_against_itself(tiny_dt):

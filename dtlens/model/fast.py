@@ -60,7 +60,9 @@ def fused_blocks(
     for block in backbone.blocks:
         attn, mlp = block.attn, block.mlp
         H, dh = attn.W_Q.shape[0], attn.W_Q.shape[2]
-        w = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).transpose(1, 2).reshape(3 * H * dh, D)
+        # One copy: cat writes the (head, d_head, d_model) transposes into one contiguous tensor.
+        w = torch.cat([W.transpose(1, 2) for W in (attn.W_Q, attn.W_K, attn.W_V)])
+        w = w.view(3 * H * dh, D)
         b = torch.cat([attn.b_Q, attn.b_K, attn.b_V]).reshape(3 * H * dh)
         qkv = F.linear(norm(block.ln1, x), w, b).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
         if released:

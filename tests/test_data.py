@@ -186,7 +186,7 @@ def bad_file(tmp_path, case):
     "case", ["missing", "not-hdf5", "missing-key", "lengths", "nan", "inf", "empty"]
 )
 def test_bad_files_give_one_clear_error(tmp_path, case):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     path, expected = bad_file(tmp_path, case)
     result = CliRunner().invoke(data_app, ["info", str(path)])
@@ -197,7 +197,7 @@ def test_bad_files_give_one_clear_error(tmp_path, case):
 
 
 def test_obs_dim_mismatch_with_env(tmp_path):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     path = write_d4rl(tmp_path / "d.hdf5", make_arrays((3,), obs_dim=7), {"env_id": "x"})
     result = CliRunner().invoke(data_app, ["info", str(path), "--env", "Hopper-v5"])
@@ -216,7 +216,7 @@ def test_unknown_source_and_embedded_id():
 
 
 def test_info_table(tmp_path):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     path = write_d4rl(tmp_path / "d.hdf5", make_arrays((3, 4)), {"env_id": "Hopper-v5"})
     result = CliRunner().invoke(data_app, ["info", str(path)])

@@ -30,7 +30,7 @@ def test_collect_random_few_hundred():
 
 
 def test_collect_with_embedded_policy_via_cli(tmp_path):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     out = tmp_path / "medium.hdf5"
     args = ["collect", "--env", "Hopper-v5", "--quality", "medium", "--transitions", "400"]
@@ -58,7 +58,7 @@ def test_collect_bad_input():
 
 def test_rebuild_embedded_id_compares_with_shipped(tmp_path, monkeypatch):
     """`data collect --id` against a tiny manifest built in tmp_path."""
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     assets, cache = tmp_path / "assets", tmp_path / "cache"
     monkeypatch.setenv("DTLENS_CACHE", str(cache))
@@ -113,7 +113,7 @@ def test_rebuild_embedded_id_compares_with_shipped(tmp_path, monkeypatch):
     ],
 )
 def test_collect_bad_options(tmp_path, monkeypatch, args, message):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     monkeypatch.setattr(registry, "ASSET_DIR", tmp_path)
     args = [str(tmp_path / "hopper-expert.hdf5") if a == "SHIPPED" else a for a in args]

@@ -54,7 +54,7 @@ def test_mixed_policy_interpolates_random_and_policy():
 
 
 def test_collect_replay_id_is_deterministic(tmp_path, monkeypatch):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     assets, cache = tmp_path / "assets", tmp_path / "cache"
     monkeypatch.setenv("DTLENS_CACHE", str(cache))
@@ -76,7 +76,7 @@ def test_collect_replay_id_is_deterministic(tmp_path, monkeypatch):
 
 
 def test_record_derived_reproduces_the_shipped_hash(tmp_path, monkeypatch):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     manifest = read_manifest(DATASET_ASSETS)
     shipped = manifest.pop("mini/hopper-medium-expert")

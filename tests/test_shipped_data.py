@@ -114,7 +114,7 @@ def test_replay_quality_rises_across_the_buffer():
 
 
 def test_info_says_how_a_dataset_was_made():
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     result = CliRunner().invoke(data_app, ["info", "mini/hopper-medium-replay"])
     assert result.exit_code == 0, result.output
@@ -128,7 +128,7 @@ def test_info_says_how_a_dataset_was_made():
 
 
 def test_corrupted_copy_is_refused(tmp_path, monkeypatch):
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     assets = tmp_path / "datasets"
     shutil.copytree(DATASET_ASSETS, assets)
@@ -153,7 +153,7 @@ def test_corrupted_copy_is_refused(tmp_path, monkeypatch):
 
 
 def test_info_prints_the_verified_hash():
-    from cli.data import data_app
+    from cli.data import app as data_app
 
     result = CliRunner().invoke(data_app, ["info", "mini/hopper-medium"])
     assert result.exit_code == 0, result.output

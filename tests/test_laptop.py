@@ -5,6 +5,7 @@ controls' section, exported and rebuilt byte for byte."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -27,7 +28,19 @@ ROLES = ("random", "language", "image", "synthetic", "shuffled:text", "matched:t
 @pytest.fixture
 def budget_file(tmp_path):
     path = tmp_path / "budget.json"
-    save_json({t: {"chosen": b} for t, b in (("hopper", 2500), ("walker2d", 5000))}, path)
+    rule = {
+        "candidates": [2500, 5000],
+        "factor": 4,
+        "tolerance": 0.05,
+        "window": 1000,
+        "epoch_steps": 500,
+    }
+    hopper = {
+        "chosen": 2500,
+        "rule": rule,
+        "candidates": {"2500": {"error": 0.0104, "error_long": 0.01, "converged": True}},
+    }
+    save_json({"hopper": hopper, "walker2d": {"chosen": 5000, "rule": rule}}, path)
     return path
 
 
@@ -89,7 +102,7 @@ def tiny_laptop(budget_file, dataset, folder) -> presets.Preset:
     text = save_backbone(random_backbone(TINY, seed=11), folder / "text.safetensors")
     image = save_backbone(random_backbone(TINY, seed=12), folder / "image.safetensors")
     synthetic = save_backbone(random_backbone(TINY, seed=13), folder / "synthetic.safetensors")
-    laptop = presets.narrow(presets.laptop(budget_file), ["hopper"], [666, 42])
+    laptop = presets.narrow(presets.laptop(budget_file, ["hopper"]), ["hopper"], [666, 42])
     train = tiny_train_config(dataset, epochs=2, probe_size=24, context_len=20, eval_every=2)
     return apply_budget(
         dataclasses.replace(
@@ -123,8 +136,8 @@ def test_laptop_end_to_end_report_export_and_rebuild(budget_file, hopper_file, t
                       "--out", str(out / "peer" / f"hopper-s{seed}.json")])  # fmt: skip
     text = write_report(out).read_text()
     table1 = text.split("### Normalized score (Table 1)")[1].split("###")[0]
-    for role in (*ROLES, "random gpt2-init", "language gpt2-init"):
-        assert f"| {role} |" in table1, role
+    rows = [line.split(" | ")[0][2:] for line in table1.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [*ROLES[:3], *sorted(ROLES[3:]), "language gpt2-init", "random gpt2-init"]
     assert "Peer DT (CORL's" in table1 and "after 3 steps" in table1
     controls = text.split("## What in the pretrained weights matters")[1]
     for control in ("synthetic", "shuffled:text", "matched:text"):
@@ -132,9 +145,12 @@ def test_laptop_end_to_end_report_export_and_rebuild(budget_file, hopper_file, t
     assert "normalized score (K=20, last epoch)" in controls
     assert "no difference shown" in controls or "language >" in controls or "language <" in controls
     # export the small files, write the report there; `dtlens report` rebuilds it byte for byte
+    results.mkdir()
+    shutil.copyfile(budget_file, results / "budget.json")  # where laptop-budget wrote it
     result = runner.invoke(app, ["report", str(out), "--export", str(results)])
     assert result.exit_code == 0, result.output
     exported = (results / "report.md").read_bytes()
+    assert b"| hopper | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% | **B** |" in exported
     assert not list(results.rglob("*.safetensors"))
     assert (results / "peer" / "hopper-s0.json").is_file()
     (results / "report.md").unlink()

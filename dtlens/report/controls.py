@@ -31,7 +31,8 @@ CONTROLS = {
 
 def _statistics(study: Any) -> dict[str, Callable[[Path | None], float]]:
     """Statistic name -> its value on one K=20 run: the score, the final action error, and the
-    finding of every run diagnostic read on the K=20 runs."""
+    finding's statistic of every run diagnostic read on the K=20 runs (by its title; its
+    section defines it)."""
     stats: dict[str, Callable[[Path | None], float]] = {
         "normalized score (K=20, last epoch)": lambda run: study.final_score(run)[0],
         "final action error (K=20)": study.final_action_error,
@@ -45,7 +46,7 @@ def _statistics(study: Any) -> dict[str, Callable[[Path | None], float]]:
                     ds = d.load(run) if run else None
                     return float("nan") if ds is None else float(v(ds))
 
-                stats[f"{diag.title}: {f.statistic}"] = value
+                stats[diag.title] = value
     return stats
 
 

@@ -1,7 +1,8 @@
 """The small result files a reproduction's report is rebuilt from, copied to another folder (for
-example `results/laptop/`, committed): reproduce.json, the peer DT's records, and per run and
-study folder its metrics, config, diagnostics (netCDF) and figures; never checkpoints or
-optimiser states. `write_report` on the copy gives the same report.md byte for byte."""
+example `results/laptop/`, committed): reproduce.json, budget.json, the peer DT's records, and
+per run and study folder its metrics, config, diagnostics (netCDF) and figures; never
+checkpoints or optimiser states. `write_report` on the copy gives the same report.md, byte for
+byte."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dtlens.errors import DtlensError
 #: Glob patterns, relative to a reproduction folder, of what the report reads.
 SMALL_FILES = (
     "reproduce.json",
+    "budget.json",
     "peer/*.json",
     "*/runs/*/config.json",
     "*/runs/*/metrics.nc",

@@ -24,6 +24,7 @@ from dtlens.interp.registry import ANALYSES
 from dtlens.io import load_json, write_atomic
 from dtlens.report.components import components_section, direction
 from dtlens.report.controls import controls_section, peer_scores
+from dtlens.report.convergence import convergence_section
 from dtlens.report.document import Doc
 from dtlens.report.interventions import policy_section
 from dtlens.stats import Comparison, aggregate
@@ -44,6 +45,10 @@ def _pm(mean: float | None, std: float | None) -> str:
     if mean is None or not np.isfinite(mean):
         return "n/a"
     return f"{mean:.1f}" if std is None or not np.isfinite(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def _role_order(role: str) -> tuple[int, bool, str]:
+    return (ROLES.index(role) if role in ROLES else len(ROLES), " " in role, role)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -70,8 +75,8 @@ class Study:
         self.folder = root / label
         self.runs = self.folder / "runs"
         self.seeds = sorted({key.seed for key in self.names["main"]})
-        #: The K=20 roles, in the plan's order (the three inits, then any controls).
-        self.roles = tuple(dict.fromkeys(key.role for key in self.names["main"]))
+        #: The K=20 roles: the three inits, then any others (controls, DT-init variants).
+        self.roles = tuple(sorted({key.role for key in self.names["main"]}, key=_role_order))
 
     def run_dir(
         self, group: RunGroup, role: str, seed: int, context: int | None = None
@@ -159,6 +164,7 @@ def write_report(root: str | Path) -> Path:
         Study(root, label, roles, meta["inits"], meta["datasets"].get(label, ""))
         for label, roles in meta["roles"].items()
     ]
+    convergence_section(doc, root, studies)
     if len(studies) > 1:
         _table1_tasks(doc, studies)
     for study in studies:

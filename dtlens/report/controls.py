@@ -66,46 +66,73 @@ def controls_section(doc: Doc, studies: list[Any]) -> None:
         "something the control lacks; no difference means what the control keeps suffices "
         "for that statistic (or the seeds cannot tell)."
     )
-    tasks = [s.label for s in studies]
     for control in present:
         keeps, lacks = CONTROLS[control]
         doc.h(f"language vs {control}", 3)
-        rows, words = [], []
-        for name in _statistics(studies[0]):
-            per_task: dict[str, Comparison] = {}
-            for s in studies:
-                if control in s.roles and "language" in s.roles:
-                    stat = _statistics(s)[name]
-                    per_task[s.label] = compare(
-                        _values(s, "language", stat), _values(s, control, stat), "two-sided"
-                    )
-            if not per_task:
-                continue
-            agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect="two-sided")
-            shown = direction(agg, "language", control)
-            p = f"{agg.p:.3g}" if np.isfinite(agg.p) else "n/a"
-            rows.append(
-                [
-                    name,
-                    *(direction(per_task[t], "language", control) if t in per_task else "-"
-                      for t in tasks),
-                    p,
-                    f"**{shown}**",
-                ]
-            )  # fmt: skip
-            if agg.verdict == "holds":
-                words.append(
-                    f"{name}: {shown} across tasks (p {p}): {lacks} matters here; {keeps} "
-                    f"alone does not reproduce language's value."
-                )
-            else:
-                words.append(
-                    f"{name}: no difference shown (p {p}): {keeps} may suffice; a claim that "
-                    f"needs {lacks} is not supported by this statistic."
-                )
-        doc.table(["statistic", *tasks, "p (across tasks)", "across tasks"], rows)
+        rows = _comparisons(studies, "language", control)
+        doc.table(["statistic", *[s.label for s in studies], "p (across tasks)", "across tasks"],
+                  [r[:-1] for r in rows])  # fmt: skip
         doc.p(f"*{control}* keeps {keeps}, not {lacks}.")
-        doc.bullets(words)
+        doc.bullets(
+            [
+                f"{name}: {shown} across tasks (p {p}): {lacks} matters here; {keeps} alone "
+                "does not reproduce language's value."
+                if holds
+                else f"{name}: no difference shown (p {p}): {keeps} may suffice; a claim that "
+                f"needs {lacks} is not supported by this statistic."
+                for name, *_, p, shown, holds in rows
+            ]
+        )
+    sensitivity_section(doc, studies)
+
+
+def sensitivity_section(doc: Doc, studies: list[Any]) -> None:
+    """Language vs random with the DT's own layers initialised as GPT-2 (`--dt-init gpt2`)
+    beside the same comparison under the study's init, where the gpt2-init runs exist."""
+    a, b = "language gpt2-init", "random gpt2-init"
+    chosen = [s for s in studies if a in s.roles and b in s.roles]
+    if not chosen:
+        return
+    doc.h("Sensitivity to the DT's own init", 3)
+    released = {r[0]: r for r in _comparisons(chosen, "language", "random")}
+    rows, flips = [], []
+    for name, *_, p, shown, _holds in _comparisons(chosen, a, b):
+        before, after = released[name][-2], shown.replace(" gpt2-init", "")
+        rows.append([name, before, p, f"**{after}**"])
+        if before != after:
+            flips.append(name)
+    doc.table(["statistic", "released DT init", "p (gpt2)", "gpt2 DT init"], rows)
+    doc.p(
+        f"Language vs random on {', '.join(s.label for s in chosen)}, two-sided, with the DT's "
+        "own layers as the released code (PyTorch defaults) and as GPT-2 (N(0, 0.02)). "
+        + (
+            f"Reading changes with the DT's init: {', '.join(flips)}; those findings are about "
+            "the init of the DT's layers, not about pretraining."
+            if flips
+            else "No reading changes with the DT's init."
+        )
+    )
+
+
+def _comparisons(studies: list[Any], a: str, b: str) -> list[list[Any]]:
+    """Per statistic: [name, per task reading..., p across tasks, reading across tasks, whether
+    a difference holds], `a` vs `b` two-sided per task (`compare`) and across (`aggregate`)."""
+    rows = []
+    for name in _statistics(studies[0]):
+        per_task: dict[str, Comparison] = {}
+        for s in studies:
+            if a in s.roles and b in s.roles:
+                stat = _statistics(s)[name]
+                per_task[s.label] = compare(_values(s, a, stat), _values(s, b, stat), "two-sided")
+        if not per_task:
+            continue
+        agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect="two-sided")
+        p = f"{agg.p:.3g}" if np.isfinite(agg.p) else "n/a"
+        readings = [
+            direction(per_task[s.label], a, b) if s.label in per_task else "-" for s in studies
+        ]
+        rows.append([name, *readings, p, direction(agg, a, b), agg.verdict == "holds"])
+    return rows
 
 
 def peer_scores(root: Path, dataset: str) -> list[dict]:

@@ -13,6 +13,7 @@ from cli import (
     import_hf,
     interp,
     interventions,
+    laptop_budget,
     model,
     pretrain,
     reproduce,
@@ -38,5 +39,6 @@ app.add_typer(studies.app)  # no-context, block-swap
 # attribution, action-lens, patching, cross-patching, probe, attention-view
 app.add_typer(interp.app)
 app.add_typer(interventions.app)  # ablation, steering, return-sweep
+app.add_typer(laptop_budget.app)  # laptop-budget
 app.add_typer(reproduce.app)  # reproduce, report
 app.add_typer(explore.app)  # explore

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -24,8 +26,11 @@ def reproduce_cmd(
     ),
     preset: str = typer.Option(
         "mini",
-        help="mini (offline, CPU; Hopper), mini-tasks (mini on Hopper, HalfCheetah, Walker2d) "
-        "or paper (PAPER.md, a GPU).",
+        help="mini (offline, CPU; Hopper), mini-tasks (mini on Hopper, HalfCheetah, Walker2d), "
+        "laptop (results/laptop/PLAN.md; needs `dtlens laptop-budget`) or paper (PAPER.md, a GPU).",
+    ),
+    budget_file: Path = typer.Option(
+        Path("results/laptop/budget.json"), help="laptop: the budgets `dtlens laptop-budget` wrote."
     ),
     gpt2: str = typer.Option(None, help="paper: local HF GPT-2 directory."),
     imagegpt: str = typer.Option(None, help="paper: local HF ImageGPT directory."),
@@ -68,6 +73,7 @@ def reproduce_cmd(
         seeds=None if seeds is None else parse_int_list(seeds),
         precision=precision,
         deterministic=deterministic,
+        budget_file=budget_file,
     )
     chosen = apply_budget(chosen, get_budget(budget))
     if dry_run:
@@ -76,9 +82,14 @@ def reproduce_cmd(
     if out is None:
         raise DtlensError("--out is required (or --dry-run to see the plan)")
     from dtlens.experiments.reproduce import reproduce
+    from dtlens.io import load_json, save_json
     from dtlens.report.report import write_report
 
-    report = write_report(reproduce(chosen, out, workers, scheduler, log=console.print))
+    reproduce(chosen, out, workers, scheduler, log=console.print)
+    command = "dtlens " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("dtlens") else None
+    if command:  # the report's first lines name it
+        save_json(load_json(out / "reproduce.json") | {"command": command}, out / "reproduce.json")
+    report = write_report(out)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
 
 
@@ -94,11 +105,22 @@ def show_dry_run(chosen, workers: int | None, scheduler: str | None) -> None:
 
 @app.command("report")
 @user_errors
-def report_cmd(out: Path = typer.Argument(..., help="A reproduction folder.")) -> None:
+def report_cmd(
+    out: Path = typer.Argument(..., help="A reproduction folder."),
+    export: Path = typer.Option(
+        None,
+        help="Also copy the small files the report is rebuilt from (no checkpoints) to this "
+        "folder, e.g. results/laptop, and write the report there.",
+    ),
+) -> None:
     """Rebuild report.md and report.html from a reproduction's saved results."""
     from dtlens.errors import DtlensError
+    from dtlens.report.export import export_results
     from dtlens.report.report import write_report
 
     if not (out / "reproduce.json").is_file():
         raise DtlensError(f"{out}: not a reproduction folder (no reproduce.json)")
     console.print(f"report: {write_report(out)}")
+    if export is not None:
+        copied = export_results(out, export)
+        console.print(f"exported {len(copied)} files; report: {write_report(export)}")

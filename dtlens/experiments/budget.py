@@ -89,6 +89,7 @@ def apply_budget(preset: Preset, budget: Budget) -> Preset:
         preset,
         train=train,
         block_swap_epochs={k: cap(v, last) for k, v in preset.block_swap_epochs.items()},
+        task_epochs={k: cap(v, last) for k, v in preset.task_epochs.items()},
         block_swap_blocks=blocks,
         attention_epochs=tuple(sorted({e for e in preset.attention_epochs if e < last} | {last})),
         gradient_epoch=cap(preset.gradient_epoch, last),

@@ -135,6 +135,11 @@ class DryRun:
                 )
             diagnostics = [f"{name} x{n}" for t, name, n in self.diagnostics if t == task]
             out.append(f"  diagnostics: {', '.join(diagnostics)}")
+            seconds = sum(r.seconds for r in runs)
+            out.append(
+                f"  {task} projected: {_duration(seconds)} of run time, about "
+                f"{_duration(seconds / max(1, self.workers))} on {self.workers} worker(s)"
+            )
         out.append(f"step times measured on {self.device}:")
         for t in self.times:
             out.append(

@@ -1,5 +1,6 @@
 """Presets of the reproduction: `mini` (offline, CPU, minutes; Hopper), `mini-tasks` (`mini` on
-the three tasks) and `paper` (PAPER.md, a GPU)."""
+the three tasks), `laptop` (results/laptop/PLAN.md: runs that converge, the controls; hours on
+CPU) and `paper` (PAPER.md, a GPU)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from dtlens.diagnostics.contract import Settings
 from dtlens.errors import DtlensError
+from dtlens.experiments.laptop_budget import BUDGET_FILE, LAPTOP_TASKS, BudgetRule, read_budgets
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
 from dtlens.train.device import check_device
@@ -37,10 +39,22 @@ class Preset(Settings):
     block_swap_size: BackboneConfig = MINI  # the random model that receives a donor block
     block_swap_blocks: tuple[int, ...] | None = None  # blocks that receive one (None: all)
     probe_size: int = 100
+    #: More K=20 roles beside the three: role -> init (e.g. the controls of what pretraining gives).
+    extra: dict[str, str] = field(default_factory=dict)
+    #: label -> epochs of that dataset's runs (default: `train.epochs`).
+    task_epochs: dict[str, int] = field(default_factory=dict)
+    #: label -> roles rerun at K=20 with the DT's own layers initialised as GPT-2 (`--dt-init
+    #: gpt2`), as roles "<role> gpt2-init".
+    gpt2_init: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
-    def inits(self) -> tuple[str, str, str]:
-        return (self.random, self.language, self.image)
+    def inits(self) -> tuple[str, ...]:
+        return (self.random, self.language, self.image, *self.extra.values())
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """Every K=20 role and its init."""
+        return {"random": self.random, "language": self.language, "image": self.image} | self.extra
 
 
 def mini() -> Preset:
@@ -89,6 +103,49 @@ def mini_tasks() -> Preset:
     )
 
 
+def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = None) -> Preset:
+    """results/laptop/PLAN.md: `mini`'s backbones and model size on the three tasks' shipped
+    medium datasets, the paper's optimiser (lr 1e-4, a 1,000-step warm-up then constant), each
+    task's budget B from `dtlens laptop-budget` (`budget_file`; epochs of 500 steps), the
+    controls synthetic, shuffled:text and matched:text as K=20 roles, seeds 666, 42, 7, block
+    replacement on every block, and language vs random with `--dt-init gpt2` on Hopper."""
+    chosen = [t for t in tasks or LAPTOP_TASKS if t in LAPTOP_TASKS]  # narrow() names others
+    steps = BudgetRule().epoch_steps
+    epochs = {t: b // steps for t, b in read_budgets(chosen, budget_file).items()}
+    longest = max(epochs.values(), default=1)
+    return Preset(
+        name="laptop",
+        datasets={t: f"mini/{t}-medium" for t in LAPTOP_TASKS},
+        env_ids=dict.fromkeys(LAPTOP_TASKS),
+        random="random",
+        language="text",
+        image="image",
+        extra={c: c for c in ("synthetic", "shuffled:text", "matched:text")},
+        train=TrainConfig(
+            epochs=longest,
+            steps_per_epoch=steps,
+            warmup_steps=1000,
+            lr=1e-4,
+            weight_decay=1e-4,
+            grad_clip=0.25,
+            batch_size=64,
+            eval_episodes=10,
+            eval_every=longest,  # after the last epoch only
+            eval_max_steps=1000,
+            size=MINI,
+            seed=666,
+        ),
+        seeds=(666, 42, 7),
+        task_epochs=epochs,
+        block_swap_epochs=epochs,
+        block_swap_size=MINI,
+        attention_epochs=(0, 1, 2, 4),  # steps 0, 500, 1,000, 2,000: within every candidate B
+        gradient_epoch=1,
+        mi_seeds=1,
+        gpt2_init={"hopper": ("random", "language")},
+    )
+
+
 def paper(gpt2: str | Path, imagegpt: str | Path, d4rl_dir: str | Path) -> Preset:
     """PAPER.md: GPT-2, ImageGPT and the paper's 1-head ReLU random init on D4RL medium-v2,
     40 epochs x 2500 steps, seeds 666 and 42. D4RL's MuJoCo 2.1 environments cannot be built
@@ -132,7 +189,7 @@ def check_paper_inputs(
             raise DtlensError(f"--d4rl-dir {d4rl_dir}: missing {f.name}")
 
 
-PRESETS = ("mini", "mini-tasks", "paper")
+PRESETS = ("mini", "mini-tasks", "laptop", "paper")
 
 
 def narrow(
@@ -167,6 +224,7 @@ def get(
     seeds: Sequence[int] | None = None,
     precision: str = "fp32",
     deterministic: bool = False,
+    budget_file: str | Path = BUDGET_FILE,
 ) -> Preset:
     """The preset `name` on `tasks` and `seeds` (None: its own), its inputs checked, its runs
     on `device` (checked here: one clear line when it is missing) in `precision`."""
@@ -174,6 +232,8 @@ def get(
         preset = mini()
     elif name == "mini-tasks":
         preset = mini_tasks()
+    elif name == "laptop":
+        preset = laptop(budget_file, tasks)
     elif name == "paper":
         chosen = [t for t in tasks or PAPER_ENVS if t in PAPER_ENVS]  # narrow() names others
         check_paper_inputs(gpt2, imagegpt, d4rl_dir, chosen)

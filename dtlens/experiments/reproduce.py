@@ -11,6 +11,7 @@ Finished runs are skipped and interrupted ones resumed, so a rerun continues whe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,17 +70,25 @@ class Plan:
 def plan(preset: Preset) -> list[Plan]:
     """Every compared condition with every seed of the preset. Each run keeps the checkpoints
     its diagnostics read (`kept_epochs`) and its latest."""
-    roles = {"random": preset.random, "language": preset.language, "image": preset.image}
+    roles = preset.roles
     plans = []
     for label, dataset in preset.datasets.items():
         base = preset.train.replace(
-            dataset=dataset, env_id=preset.env_ids.get(label), probe_size=preset.probe_size
+            dataset=dataset,
+            env_id=preset.env_ids.get(label),
+            probe_size=preset.probe_size,
+            epochs=preset.task_epochs.get(label, preset.train.epochs),
         )
         main, no_context, no_clip, swap = {}, {}, {}, {}
         for seed in preset.seeds:
             cfg = base.replace(seed=seed, context_len=20)
             for who, init in roles.items():
                 main[RunKey(who, seed)] = spec_for(cfg.replace(init=init))
+            gpt2_init = cfg.replace(dt=dataclasses.replace(cfg.dt, dt_init="gpt2"))
+            for who in preset.gpt2_init.get(label, ()):
+                main[RunKey(f"{who} gpt2-init", seed)] = spec_for(
+                    gpt2_init.replace(init=roles[who])
+                )
             for who in ("random", "language"):
                 for k in (1, 20):
                     no_context[RunKey(who, seed, k)] = spec_for(
@@ -190,7 +199,7 @@ def _reproduce(
     save_json(
         load_json(out / "reproduce.json")
         | {
-            "inits": {"random": preset.random, "language": preset.language, "image": preset.image},
+            "inits": preset.roles,
             "roles": {p.label: p.roles() for p in plans},
         },
         out / "reproduce.json",

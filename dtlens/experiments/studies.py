@@ -85,11 +85,14 @@ def block_swap_specs(
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A folder name from what distinguishes runs of a study: init, K, epochs, seed, swap.
+    """A folder name from what distinguishes runs of a study: init, K, epochs, seed, swap, the
+    DT's own init when not `released`.
     Runs of equal configs get equal names, so studies share them."""
     name = f"{_slug(cfg.init)}-K{cfg.context_len}-e{cfg.epochs}-s{cfg.seed}"
     if cfg.replace_block is not None:
         name += f"-block{cfg.replace_block}-{_slug(cfg.donor)}"
+    if cfg.dt.dt_init != "released":
+        name += f"-dt{cfg.dt.dt_init}"
     return name if cfg.grad_clip is not None else name + "-noclip"
 
 

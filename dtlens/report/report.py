@@ -23,6 +23,8 @@ from dtlens.diagnostics.registry import DIAGNOSTICS
 from dtlens.interp.registry import ANALYSES
 from dtlens.io import load_json, write_atomic
 from dtlens.report.components import components_section, direction
+from dtlens.report.controls import controls_section, peer_scores
+from dtlens.report.convergence import convergence_section
 from dtlens.report.document import Doc
 from dtlens.report.interventions import policy_section
 from dtlens.stats import Comparison, aggregate
@@ -45,6 +47,10 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.1f}" if std is None or not np.isfinite(std) else f"{mean:.1f} ± {std:.1f}"
 
 
+def _role_order(role: str) -> tuple[int, bool, str]:
+    return (ROLES.index(role) if role in ROLES else len(ROLES), " " in role, role)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if not v.size:
@@ -59,8 +65,8 @@ def verdict_text(c: Comparison) -> str:
 class Study:
     """One dataset's results inside a reproduction folder, read by group, role and seed."""
 
-    def __init__(self, root: Path, label: str, roles: dict, inits: dict):
-        self.root, self.label, self.inits = root, label, inits
+    def __init__(self, root: Path, label: str, roles: dict, inits: dict, dataset: str = ""):
+        self.root, self.label, self.inits, self.dataset = root, label, inits, dataset
         #: Run names by group and key (reproduce.json's "roles", `RunKey.label` parsed back).
         self.names: dict[str, dict[RunKey, str]] = {
             group: {RunKey.parse(label, group): name for label, name in runs.items()}
@@ -69,6 +75,8 @@ class Study:
         self.folder = root / label
         self.runs = self.folder / "runs"
         self.seeds = sorted({key.seed for key in self.names["main"]})
+        #: The K=20 roles: the three inits, then any others (controls, DT-init variants).
+        self.roles = tuple(sorted({key.role for key in self.names["main"]}, key=_role_order))
 
     def run_dir(
         self, group: RunGroup, role: str, seed: int, context: int | None = None
@@ -137,6 +145,8 @@ def write_report(root: str | Path) -> Path:
         f"`{meta['inits']['random']}`, language = `{meta['inits']['language']}`, image = "
         f"`{meta['inits']['image']}`. Wall time {minutes:.1f} min."
     )
+    if "command" in meta:
+        doc.p(f"Command: `{meta['command']}`")
     doc.p(
         "Each verdict compares per-seed values of one statistic between two inits with "
         "`dtlens.stats.compare`: **holds** when the 95% interval of the difference of means "
@@ -150,7 +160,11 @@ def write_report(root: str | Path) -> Path:
     )
     summary: list[list[object]] = []
     by_finding: dict[str, dict[str, Comparison]] = {}  # diagnostic -> task -> comparison
-    studies = [Study(root, label, roles, meta["inits"]) for label, roles in meta["roles"].items()]
+    studies = [
+        Study(root, label, roles, meta["inits"], meta["datasets"].get(label, ""))
+        for label, roles in meta["roles"].items()
+    ]
+    convergence_section(doc, root, studies)
     if len(studies) > 1:
         _table1_tasks(doc, studies)
     for study in studies:
@@ -182,6 +196,7 @@ def write_report(root: str | Path) -> Path:
     )
     if len(studies) > 1:
         _across_tasks(doc, by_finding, [s.label for s in studies])
+    controls_section(doc, studies)
     write_atomic(root / "report.md", lambda p: p.write_text(doc.markdown()))
     write_atomic(root / "report.html", lambda p: p.write_text(doc.html()))
     return root / "report.md"
@@ -191,7 +206,7 @@ def _table1_tasks(doc: Doc, studies: list[Study]) -> None:
     """Table 1 for every task: K=20 score of the last epoch here beside the paper's."""
     doc.h("Normalized score across tasks (Table 1)", 2)
     rows = []
-    for who in ROLES:
+    for who in dict.fromkeys(r for s in studies for r in s.roles):
         row: list[object] = [who]
         for s in studies:
             here = [s.final_score(s.run_dir("main", who, seed))[0] for seed in s.seeds]
@@ -247,7 +262,7 @@ def _table1(doc: Doc, s: Study) -> None:
     doc.h("Normalized score (Table 1)", 3)
     paper, paper_k1 = TABLE1.get(s.label, {}), TABLE1_K1.get(s.label, {})
     rows = []
-    for who in ROLES:
+    for who in s.roles:
         last = [s.final_score(s.run_dir("main", who, seed)) for seed in s.seeds]
         best = [s.final_score(s.run_dir("main", who, seed), best=True)[0] for seed in s.seeds]
         k1 = [s.final_score(s.run_dir("no_context", who, seed, context=1))[0] for seed in s.seeds]
@@ -258,8 +273,8 @@ def _table1(doc: Doc, s: Study) -> None:
                 _pm(float(np.nanmean([e for _, e in last])), None),
                 _pm(*_mean_std(best)),
                 _pm(*paper.get(who, (None, None))),
-                "-" if who == "image" else _pm(*_mean_std(k1)),
-                "-" if who == "image" else _pm(*paper_k1.get(who, (None, None))),
+                _pm(*_mean_std(k1)) if who in ("random", "language") else "-",
+                _pm(*paper_k1.get(who, (None, None))) if who in ("random", "language") else "-",
             ]
         )
     doc.table(
@@ -280,6 +295,14 @@ def _table1(doc: Doc, s: Study) -> None:
         "within a seed. 'Best epoch' is the paper code's choice (the maximum over evaluated "
         "epochs, optimistic)."
     )
+    peer = peer_scores(s.root, s.dataset)
+    if peer:
+        scores = [r["score_mean"] for r in peer]
+        doc.p(
+            f"Peer DT (CORL's, `benchmarks/peer_dt.py`) at random init on the same data: "
+            f"{_pm(*_mean_std(scores))} after {peer[0]['step']} steps, seeds "
+            f"{[r['seed'] for r in peer]}."
+        )
 
 
 def _no_clip(doc: Doc, s: Study) -> None:

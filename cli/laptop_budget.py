@@ -1,0 +1,49 @@
+"""`dtlens laptop-budget`: the laptop study's fine-tuning budget B of a task (PLAN.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import console, parse_int_list, user_errors
+
+app = typer.Typer()
+
+
+@app.command("laptop-budget")
+@user_errors
+def laptop_budget_cmd(
+    task: list[str] = typer.Option(
+        ..., "--task", help="hopper, halfcheetah or walker2d (repeat for several, run in turn)."
+    ),
+    out: Path = typer.Option(
+        Path("results/laptop/budget.json"), "--out", help="budget.json to write (merged)."
+    ),
+    run_dir: Path = typer.Option(
+        None, "--run-dir", help="The budget run's folder (default $DTLENS_CACHE/laptop-budget/)."
+    ),
+    candidates: str = typer.Option(None, hidden=True, help="Testing: candidate steps."),
+    epoch_steps: int = typer.Option(None, hidden=True, help="Testing: steps per epoch."),
+    window: int = typer.Option(None, hidden=True, help="Testing: steps averaged."),
+    batch_size: int = typer.Option(None, hidden=True, help="Testing: windows per step."),
+) -> None:
+    """Train the K=20 random-init run of seed 666 to 4 x B, candidate by candidate (2,500, 5,000,
+    10,000, 20,000 steps; resumable: a rerun continues), and write the smallest B whose final
+    action error is within 5% of the one at 4 x B to OUT, which `reproduce --preset laptop`
+    reads."""
+    import dataclasses
+
+    from dtlens.experiments.laptop_budget import BudgetRule, find_budget
+
+    tiny = {
+        "candidates": candidates and tuple(parse_int_list(candidates)),
+        "epoch_steps": epoch_steps,
+        "window": window,
+    }
+    rule = dataclasses.replace(BudgetRule(), **{k: v for k, v in tiny.items() if v})
+    changes = {"batch_size": batch_size} if batch_size else {}
+    for name in task:
+        path = run_dir / name if run_dir and len(task) > 1 else run_dir
+        entry = find_budget(name, out, path, rule, log=console.print, **changes)
+        console.print(f"[bold]{name}[/]: B = {entry['chosen']} ({out})")

@@ -1,0 +1,213 @@
+"""The laptop study's fine-tuning budget B per task, from random-init runs alone
+(results/laptop/PLAN.md, "The budget B").
+
+The K=20 random-init run of seed 666 is trained candidate by candidate to 4 x B (`train`
+with resume: a rerun continues, a kill loses at most one epoch). B is the smallest candidate
+whose final action error, the training action MSE over the `window` steps that end at B, is
+within `tolerance` of the same average over the steps that end at 4 x B. Epochs are
+`epoch_steps` long: epochs of 500 steps make every candidate (2,500 included) and its 4 x B
+end on an epoch, and the 1,000-step window is then the mean of the last two epochs' per-epoch
+`action_error` (equal epochs: the mean over those 1,000 steps). The choice is written to
+`budget.json`, one entry per task, which the `laptop` preset reads.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from dtlens.errors import DtlensError
+from dtlens.io import load_json, save_json
+from dtlens.model.config import MINI
+from dtlens.paths import cache_root
+from dtlens.train.config import TrainConfig
+from dtlens.train.loop import train
+
+#: The command that writes budget.json (named in the preset's error when a task is missing).
+COMMAND = "dtlens laptop-budget"
+LAPTOP_TASKS = ("hopper", "halfcheetah", "walker2d")
+BUDGET_FILE = Path("results/laptop/budget.json")
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """The PLAN's rule: candidates (steps), the factor of the long run, the tolerance, the steps
+    averaged at each end, and the epoch length of the budget run."""
+
+    candidates: tuple[int, ...] = (2500, 5000, 10000, 20000)
+    factor: int = 4
+    tolerance: float = 0.05
+    window: int = 1000
+    epoch_steps: int = 500
+
+    def __post_init__(self) -> None:
+        steps = [*self.candidates, *(c * self.factor for c in self.candidates)]
+        if self.window % self.epoch_steps or any(s % self.epoch_steps for s in steps):
+            raise DtlensError(
+                f"every candidate, its x{self.factor} and the {self.window}-step window must be "
+                f"whole epochs of {self.epoch_steps} steps"
+            )
+        if list(self.candidates) != sorted(set(self.candidates)) or self.window > min(steps):
+            raise DtlensError("candidates must increase and be at least one window long")
+
+
+def error_at(action_error: Sequence[float], step: int, rule: BudgetRule) -> float:
+    """The mean training action error over the `rule.window` steps that end at `step`, from the
+    per-epoch `action_error` (epoch i ends at i x epoch_steps)."""
+    last = step // rule.epoch_steps
+    first = last - rule.window // rule.epoch_steps
+    if last > len(action_error):
+        raise DtlensError(f"no action error at step {step}: the run has {len(action_error)} epochs")
+    return float(np.mean(action_error[first:last]))
+
+
+def converged(error: float, error_long: float, tolerance: float) -> bool:
+    """Whether `error` (at B) is within `tolerance` (relative) of `error_long` (at 4 x B)."""
+    return abs(error - error_long) <= tolerance * abs(error_long)
+
+
+def choose(action_error: Sequence[float], rule: BudgetRule) -> tuple[int | None, dict[str, dict]]:
+    """(B, per candidate {error, error_long, converged}) for the candidates `action_error`
+    reaches to 4 x B, in order; B is the first that converged (None: none of those read)."""
+    rows: dict[str, dict] = {}
+    for b in rule.candidates:
+        if b * rule.factor > len(action_error) * rule.epoch_steps:
+            break
+        e, e_long = error_at(action_error, b, rule), error_at(action_error, b * rule.factor, rule)
+        ok = converged(e, e_long, rule.tolerance)
+        rows[str(b)] = {"error": e, "error_long": e_long, "converged": ok}
+        if ok:
+            return b, rows
+    return None, rows
+
+
+def budget_config(task: str, rule: BudgetRule, **changes) -> TrainConfig:
+    """The PLAN's budget run of `task`: K=20, random init, seed 666, the paper's optimiser, a
+    1,000-step warm-up, no evaluation, only epoch 0 kept besides the latest."""
+    return TrainConfig(
+        init="random",
+        dataset=f"mini/{task}-medium",
+        size=MINI,
+        context_len=20,
+        batch_size=64,
+        lr=1e-4,
+        weight_decay=1e-4,
+        warmup_steps=1000,
+        steps_per_epoch=rule.epoch_steps,
+        epochs=rule.candidates[0] * rule.factor // rule.epoch_steps,
+        grad_clip=0.25,
+        seed=666,
+        eval_episodes=0,
+        keep_epochs=(0,),
+    ).replace(**changes)
+
+
+def train_command(cfg: TrainConfig, out: Path) -> str:
+    """The `dtlens train` command of the budget run (the PLAN's, with its epoch length)."""
+    args = [
+        "dtlens", "train", "--out", str(out), "--init", cfg.init, "--dataset", cfg.dataset,
+        "--layers", str(cfg.size.n_layers), "--d-model", str(cfg.size.d_model),
+        "--heads", str(cfg.size.n_heads), "--context", str(cfg.context_len),
+        "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
+        "--weight-decay", str(cfg.weight_decay), "--warmup", str(cfg.warmup_steps),
+        "--epochs", str(cfg.epochs), "--steps", str(cfg.steps_per_epoch),
+        "--clip", str(cfg.grad_clip), "--seed", str(cfg.seed), "--eval-episodes", "0",
+        "--keep-epochs", ",".join(map(str, cfg.keep_epochs or ())),
+    ]  # fmt: skip
+    return shlex.join(args)
+
+
+def budget_run_dir(task: str) -> Path:
+    return cache_root() / "laptop-budget" / f"{task}-random-s666"
+
+
+def find_budget(
+    task: str,
+    out: str | Path = BUDGET_FILE,
+    run_dir: str | Path | None = None,
+    rule: BudgetRule = BudgetRule(),
+    log: Log = print,
+    **changes,
+) -> dict:
+    """Train `task`'s budget run candidate by candidate until one converges (or the candidates
+    run out), writing `out`'s entry for `task` after each; returns that entry. `changes` adjust
+    the run's config (tests: tiny batches)."""
+    if task not in LAPTOP_TASKS:
+        raise DtlensError(f"--task {task}: expected one of {', '.join(LAPTOP_TASKS)}")
+    out, path = Path(out), Path(run_dir or budget_run_dir(task))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry: dict = {}
+    for b in rule.candidates:
+        cfg = budget_config(task, rule, **changes)
+        cfg = cfg.replace(epochs=b * rule.factor // rule.epoch_steps)
+        done = _epochs_done(path)
+        if done < cfg.epochs:  # train's bar shows the steps; each epoch is checkpointed
+            log(
+                f"{task}: candidate {b}: training steps "
+                f"{done * rule.epoch_steps}..{b * rule.factor}"
+            )
+            train(cfg, path, resume=done > 0, progress=True)
+        chosen, rows = choose(_action_error(path), rule)
+        entry = {
+            "chosen": chosen,
+            "candidates": rows,
+            "rule": {
+                "candidates": list(rule.candidates),
+                "factor": rule.factor,
+                "tolerance": rule.tolerance,
+                "window": rule.window,
+                "epoch_steps": rule.epoch_steps,
+            },
+            "run": str(path),
+            "command": train_command(cfg, path),
+        }
+        row = rows[str(b)]
+        log(
+            f"{task}: error at {b} = {row['error']:.5f}, at {b * rule.factor} = "
+            f"{row['error_long']:.5f}: {'converged' if row['converged'] else 'not converged'}"
+        )
+        _save_entry(out, task, entry)
+        if chosen is not None:
+            log(f"{task}: B = {chosen} steps -> {out}")
+            return entry
+    log(f"{task}: no candidate converged; the laptop preset refuses this task ({out})")
+    return entry
+
+
+def _epochs_done(path: Path) -> int:
+    return len(_action_error(path)) if (path / "metrics.nc").is_file() else 0
+
+
+def _action_error(path: Path) -> np.ndarray:
+    with xr.open_dataset(path / "metrics.nc") as ds:
+        return ds.action_error.values.astype(float)
+
+
+def _save_entry(out: Path, task: str, entry: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    found = load_json(out) if out.is_file() else {}  # tasks run one at a time or apart
+    save_json(found | {task: entry}, out)
+
+
+def read_budgets(tasks: Sequence[str], path: str | Path = BUDGET_FILE) -> dict[str, int]:
+    """The chosen B (steps) of each of `tasks` in `path`; one clear error naming the command
+    that makes a missing or unconverged task's entry."""
+    path = Path(path)
+    found = load_json(path) if path.is_file() else {}
+    budgets = {}
+    for task in tasks:
+        chosen = found.get(task, {}).get("chosen")
+        if chosen is None:
+            why = "has no converged budget" if task in found else "has no budget"
+            raise DtlensError(
+                f"{path}: {task} {why}; run `{COMMAND} --task {task} --out {path}` first"
+            )
+        budgets[task] = int(chosen)
+    return budgets

@@ -1,0 +1,58 @@
+"""The report's evidence for a preset's fine-tuning budget (`dtlens laptop-budget`): per task the
+chosen B, the budget run's action errors at each candidate and at 4 x B, and the final action
+error of every seed's random-init K=20 run at B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dtlens.io import load_json
+from dtlens.report.document import Doc
+
+
+def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
+    """The section, when `root/budget.json` exists."""
+    path = root / "budget.json"
+    if not path.is_file():
+        return
+    budgets = load_json(path)
+    doc.h("The budget B: convergence of random-init runs", 2)
+    rows = []
+    for s in studies:
+        entry = budgets.get(s.label)
+        if entry is None:
+            continue
+        factor = entry["rule"]["factor"]
+        for b, row in entry["candidates"].items():
+            rows.append(
+                [
+                    s.label,
+                    b,
+                    f"{row['error']:.5f}",
+                    f"{int(b) * factor}",
+                    f"{row['error_long']:.5f}",
+                    f"{(row['error'] - row['error_long']) / row['error_long']:+.1%}",
+                    "**B**" if entry["chosen"] == int(b) else "",
+                ]
+            )
+    doc.table(
+        ["task", "candidate B", "action error at B", "4 x B", "action error at 4 x B",
+         "relative gap", "chosen"],
+        rows,
+    )  # fmt: skip
+    rule = next(iter(budgets.values()))["rule"]
+    doc.p(
+        f"The K=20 random-init run of seed 666, trained candidate by candidate to 4 x B (epochs "
+        f"of {rule['epoch_steps']} steps): the training action MSE averaged over the "
+        f"{rule['window']} steps that end at B and at 4 x B; B is the smallest candidate within "
+        f"{rule['tolerance']:.0%} (`dtlens laptop-budget`; its command per task in budget.json)."
+    )
+    rows = []
+    for s in studies:
+        runs = {seed: s.run_dir("main", "random", seed) for seed in s.seeds}
+        rows.append(
+            [s.label, *(f"{seed}: {s.final_action_error(r):.5f}" for seed, r in runs.items())]
+        )
+    doc.table(["task", *(f"seed {i + 1}" for i in range(max(len(s.seeds) for s in studies)))], rows)
+    doc.p("Final action error (last epoch) of each seed's random-init K=20 run at B.")

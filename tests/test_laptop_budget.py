@@ -1,0 +1,119 @@
+"""The laptop study's budget rule (results/laptop/PLAN.md): its logic on synthetic curves, and
+`dtlens laptop-budget` end to end at tiny size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from dtlens.errors import DtlensError
+from dtlens.experiments.laptop_budget import (
+    BudgetRule,
+    choose,
+    converged,
+    error_at,
+    find_budget,
+    read_budgets,
+)
+from dtlens.io import load_json, save_json
+
+runner = CliRunner()
+RULE = BudgetRule()
+
+
+def curve(floor: float, scale: float, tau: float, steps: int = 80_000) -> np.ndarray:
+    """Per-epoch action errors (500-step epochs) of an exponential approach to `floor`."""
+    ends = np.arange(1, steps // RULE.epoch_steps + 1) * RULE.epoch_steps
+    return floor + scale * np.exp(-(ends - RULE.epoch_steps / 2) / tau)
+
+
+def test_error_at_averages_the_window_that_ends_at_the_step():
+    errors = np.arange(1.0, 21.0)  # epoch i: error i
+    assert error_at(errors, 2500, RULE) == pytest.approx((4 + 5) / 2)  # steps 1501..2500
+    assert error_at(errors, 10_000, RULE) == pytest.approx((19 + 20) / 2)
+    with pytest.raises(DtlensError, match="no action error at step 20000"):
+        error_at(errors, 20_000, RULE)
+
+
+def test_within_five_percent_of_the_long_run():
+    assert converged(1.04, 1.0, 0.05) and converged(0.96, 1.0, 0.05)
+    assert not converged(1.06, 1.0, 0.05) and not converged(0.94, 1.0, 0.05)
+
+
+@pytest.mark.parametrize(
+    ("tau", "expected"), [(300, 2500), (600, 5000), (1200, 10000), (2500, 20000)]
+)
+def test_rule_picks_the_smallest_converged_candidate(tau, expected):
+    errors = curve(floor=0.1, scale=1.0, tau=tau)
+    chosen, rows = choose(errors, RULE)
+    assert chosen == expected
+    assert [int(b) for b in rows] == [b for b in RULE.candidates if b <= expected]
+    assert all(not r["converged"] for b, r in rows.items() if int(b) < expected)
+    assert rows[str(expected)]["converged"]
+    # the rule's own numbers: within 5% at B, not at the candidate before
+    e, e_long = error_at(errors, expected, RULE), error_at(errors, 4 * expected, RULE)
+    assert abs(e - e_long) <= 0.05 * e_long
+
+
+def test_rule_stops_where_the_run_ends_and_may_find_none():
+    errors = curve(floor=0.1, scale=1.0, tau=5_000)  # never within 5% by 20,000 steps
+    assert choose(errors, RULE)[0] is None
+    short = curve(floor=0.1, scale=1.0, tau=600, steps=10_000)  # only 2,500's 4x is reached
+    chosen, rows = choose(short, RULE)
+    assert chosen is None and list(rows) == ["2500"]
+
+
+def test_rule_steps_must_be_whole_epochs():
+    with pytest.raises(DtlensError, match="whole epochs of 1000 steps"):
+        BudgetRule(epoch_steps=1000)  # 2,500 ends inside an epoch
+
+
+def test_missing_budget_names_the_command(tmp_path):
+    path = tmp_path / "budget.json"
+    with pytest.raises(DtlensError, match="hopper has no budget; run `dtlens laptop-budget --task"):
+        read_budgets(["hopper"], path)
+    save_json({"hopper": {"chosen": 5000}, "walker2d": {"chosen": None}}, path)
+    assert read_budgets(["hopper"], path) == {"hopper": 5000}
+    with pytest.raises(DtlensError, match="walker2d has no converged budget"):
+        read_budgets(["hopper", "walker2d"], path)
+
+
+@pytest.mark.slow
+def test_budget_run_end_to_end_and_resumes(tmp_path):
+    out, run = tmp_path / "budget.json", tmp_path / "run"
+    lines: list[str] = []
+    never = BudgetRule(candidates=(1, 2), epoch_steps=1, window=1, tolerance=0.0)
+    entry = find_budget("hopper", out, run, never, log=lines.append, batch_size=4)
+    assert entry["chosen"] is None and list(entry["candidates"]) == ["1", "2"]
+    assert any("training steps 4..8" in line for line in lines)  # progress per candidate
+    # the same run continues under a looser rule: nothing is trained again
+    lines.clear()
+    always = BudgetRule(candidates=(1, 2), epoch_steps=1, window=1, tolerance=10.0)
+    entry = find_budget("hopper", out, run, always, log=lines.append, batch_size=4)
+    assert entry["chosen"] == 1 and not any("training" in line for line in lines)
+    saved = load_json(out)["hopper"]
+    assert saved["chosen"] == 1 and saved["run"] == str(run)
+    assert "--epochs 4 --steps 1" in saved["command"] and "--lr 0.0001" in saved["command"]
+    assert saved["candidates"]["1"]["error"] > 0
+
+
+def test_budget_cli_tiny(tmp_path):
+    out = tmp_path / "budget.json"
+    args = [
+        "laptop-budget",
+        "--task",
+        "walker2d",
+        "--out",
+        str(out),
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
+    tiny = ["--candidates", "1", "--epoch-steps", "1", "--window", "1", "--batch-size", "4"]
+    result = runner.invoke(app, [*args, *tiny])
+    assert result.exit_code == 0, result.output
+    entry = load_json(out)["walker2d"]
+    assert entry["rule"]["candidates"] == [1] and "walker2d: B =" in result.output
+    bad = runner.invoke(app, [*args[:2], "ant", *args[3:], *tiny])
+    assert bad.exit_code == 1 and "--task ant" in bad.output

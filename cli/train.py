@@ -16,7 +16,6 @@ from cli.common import (
     LAYERS,
     console,
     flag,
-    is_interactive,
     parse_int_list,
     user_errors,
 )
@@ -70,7 +69,7 @@ def train_cmd(
         dt=DTOptions(**dt),
         keep_epochs=None if keep_epochs is None else parse_int_list(keep_epochs),
     )
-    run = train(cfg, out, resume=resume, progress=is_interactive())
+    run = train(cfg, out, resume=resume, progress=True)  # a bar, or a line per epoch in a log
     print_summary(run)
 
 

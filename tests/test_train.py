@@ -92,6 +92,15 @@ def count_backbone_builds(monkeypatch) -> list[int]:
     return built
 
 
+def test_progress_off_a_terminal_is_a_line_per_epoch(hopper_file, tmp_path, capsys):
+    cfg = tiny_train_config(hopper_file, epochs=2, eval_episodes=1, eval_every=2)
+    train(cfg, tmp_path / "run", progress=True)  # pytest's captured output is not a terminal
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run: ")]
+    steps = cfg.steps_per_epoch
+    assert len(lines) == 2 and lines[0].startswith(f"run: epoch 1/2 ({steps:,} steps) action error")
+    assert "return" not in lines[0] and "return" in lines[1]
+
+
 @pytest.mark.parametrize(
     "changes, most",
     [

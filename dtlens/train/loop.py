@@ -215,6 +215,8 @@ def _train(
                 bar.update(task, info=f"epoch {epoch} return {res.return_mean:.0f}")
             epochs.append(record)
             _save_epoch(work, model, optimizer, rng, epoch, steps, epochs, cfg, name=out.name)
+            if progress and not bar.console.is_terminal:  # no bar in a log: a line per epoch
+                bar.console.print(_epoch_line(out.name, epoch, cfg, record), highlight=False)
             if work != out:
                 os.rename(work, out)  # the run appears whole, with epochs 0 and 1
                 work = out
@@ -401,6 +403,14 @@ def _read_metrics(out: Path, epoch: int, steps_per_epoch: int) -> tuple[StepLog,
         for i in range(epoch)
     ]
     return steps, epochs
+
+
+def _epoch_line(name: str, epoch: int, cfg: TrainConfig, record: dict) -> str:
+    line = (
+        f"{name}: epoch {epoch}/{cfg.epochs} ({epoch * cfg.steps_per_epoch:,} steps) "
+        f"action error {record['action_error']:.4f}, {record['train_time_s']:.0f} s"
+    )
+    return line + (f", return {record['return_mean']:.0f}" if "return_mean" in record else "")
 
 
 def _progress_bar(enabled: bool) -> Progress:

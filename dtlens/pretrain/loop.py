@@ -67,6 +67,11 @@ class Result:
         return self.path.stat().st_size
 
 
+def gpt2_family(size: BackboneConfig) -> BackboneConfig:
+    """`size` with GPT-2's LayerNorm and gelu_new: the text and synthetic backbones."""
+    return dataclasses.replace(size, normalization_type="LN", act_fn="gelu_new")
+
+
 def unigram_loss(train_tokens: Tensor, targets: Tensor, d_vocab: int) -> float:
     """Cross-entropy (nats/token) of `targets` under the add-one smoothed unigram distribution
     of `train_tokens`."""

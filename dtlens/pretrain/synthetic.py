@@ -19,7 +19,15 @@ from torch import Tensor
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.paths import cache_dir
 from dtlens.pretrain import STEPS
-from dtlens.pretrain.loop import Corpus, LongRun, Result, Settings, pretrain, pretrain_until_plateau
+from dtlens.pretrain.loop import (
+    Corpus,
+    LongRun,
+    Result,
+    Settings,
+    gpt2_family,
+    pretrain,
+    pretrain_until_plateau,
+)
 
 FAMILY = "gpt2"
 STATES = 100
@@ -112,7 +120,7 @@ def build(
     return pretrain(
         "synthetic",
         FAMILY,
-        dataclasses.replace(size, normalization_type="LN", act_fn="gelu_new"),
+        gpt2_family(size),
         lambda: corpus(steps * batch_size, states, order, temperature, n_ctx),
         Settings(steps=steps, seed=seed, batch_size=batch_size, lr=LR),
         out,
@@ -150,7 +158,7 @@ def build_for_tokens(
     return pretrain_until_plateau(
         "synthetic",
         FAMILY,
-        dataclasses.replace(size, normalization_type="LN", act_fn="gelu_new"),
+        gpt2_family(size),
         chain,
         run,
         workdir,

@@ -33,6 +33,7 @@ from dtlens.pretrain.loop import (
     LongRun,
     Result,
     Settings,
+    gpt2_family,
     pretrain,
     pretrain_until_plateau,
 )
@@ -120,7 +121,7 @@ def build(
     return pretrain(
         "text",
         FAMILY,
-        dataclasses.replace(size, normalization_type="LN", act_fn="gelu_new"),
+        gpt2_family(size),
         lambda: corpus(n_ctx),
         Settings(steps=steps, seed=seed, batch_size=batch_size, lr=LR),
         out,
@@ -195,7 +196,7 @@ def build_until_plateau(
     return pretrain_until_plateau(
         "text",
         FAMILY,
-        dataclasses.replace(size, normalization_type="LN", act_fn="gelu_new"),
+        gpt2_family(size),
         english_corpus(workdir, n_ctx),
         run,
         workdir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -139,16 +140,36 @@ def test_plateau_anneals_once_then_stops():
              "tokens_seen": 0}  # fmt: skip
     losses = [5.0, 4.0, 3.995, 3.99]  # two evaluations without a 0.01 gain, but too few tokens
     for loss in losses:
-        _advance_plateau(state, loss, run)
+        _advance_plateau(state, loss, run, epoch_tokens=10**9)
     assert state["since_best"] == 2 and state["lr_scale"] == 1.0
     state["tokens_seen"] = 100
-    _advance_plateau(state, 3.99, run)
+    _advance_plateau(state, 3.99, run, epoch_tokens=10**9)
     assert state["lr_scale"] == 0.1 and state["since_best"] == 0 and not state["done"]
-    _advance_plateau(state, 3.5, run)  # annealing helps: a new best
+    _advance_plateau(state, 3.5, run, epoch_tokens=10**9)  # annealing helps: a new best
     assert state["best"] == 3.5 and not state["done"]
-    _advance_plateau(state, 3.495, run)
-    _advance_plateau(state, 3.494, run)
+    _advance_plateau(state, 3.495, run, epoch_tokens=10**9)
+    _advance_plateau(state, 3.494, run, epoch_tokens=10**9)
     assert state["done"]
+
+
+def test_one_epoch_anneals_without_a_plateau_then_a_plateau_stops():
+    run = LongRun(patience=2, min_delta=0.01, anneals=1, min_tokens=100)
+    state = {"best": math.inf, "since_best": 0, "anneals_done": 0, "lr_scale": 1.0, "done": False,
+             "tokens_seen": 150}  # fmt: skip
+    _advance_plateau(state, 5.0, run, epoch_tokens=200)  # improving, before one epoch
+    assert state["lr_scale"] == 1.0
+    state["tokens_seen"] = 200
+    _advance_plateau(state, 4.0, run, epoch_tokens=200)  # still improving, but one epoch is seen
+    assert state["lr_scale"] == 0.1 and not state["done"]
+    for loss in (3.0, 2.0):  # the cap moves only the first anneal: improving runs go on
+        _advance_plateau(state, loss, run, epoch_tokens=200)
+    assert state["lr_scale"] == 0.1 and not state["done"]
+    _advance_plateau(state, 1.999, run, epoch_tokens=200)
+    _advance_plateau(state, 1.998, run, epoch_tokens=200)
+    assert state["done"]
+    late = {**state, "done": False, "anneals_done": 0, "lr_scale": 1.0, "since_best": 0}
+    _advance_plateau(late, 1.0, dataclasses.replace(run, anneal_after_epoch=False), 200)
+    assert late["lr_scale"] == 1.0  # without the cap only a plateau anneals
 
 
 def test_a_run_that_plateaus_saves_its_record(tmp_path):

@@ -212,9 +212,13 @@ class LongRun:
     Plateau: the best held-out loss (evaluated every `eval_every` steps on the whole held-out
     split) has not improved by `min_delta` nats for `patience` evaluations in a row, after at least
     `min_tokens` training tokens. The first `anneals` plateaus divide the learning rate by 10 and
-    training goes on; the next one stops it. With `max_tokens` the run trains for that many tokens
-    instead (no plateau rule: a control matched to another backbone's budget). Batches depend on
-    (seed, step) only, so a resumed run draws the batches the uninterrupted one would have.
+    training goes on; the next one stops it. With `anneal_after_epoch`, the first anneal comes at
+    the latest once the run has seen as many tokens as its training split holds (and
+    `min_tokens`): a compute cap on the constant learning rate, whose loss on a small model keeps
+    falling slowly long after one pass over the corpus. With `max_tokens` the run trains for that
+    many tokens instead (no plateau rule: a control matched to another backbone's budget).
+    Batches depend on (seed, step) only, so a resumed run draws the batches the uninterrupted one
+    would have.
     """
 
     seed: int = 0
@@ -228,6 +232,7 @@ class LongRun:
     anneals: int = 1
     min_tokens: int = 20_000_000
     max_tokens: int | None = None
+    anneal_after_epoch: bool = True
 
     def rule(self) -> str:
         if self.max_tokens is not None:
@@ -237,6 +242,8 @@ class LongRun:
             f"stop when the best held-out loss (every {self.eval_every} steps) has not improved by "
             f"{self.min_delta} nats for {self.patience} evaluations after >= {self.min_tokens:,} "
             f"tokens; the first {self.anneals} such plateau(s) divide the learning rate by 10"
+            + ", the first at the latest after one epoch"
+            * self.anneal_after_epoch
         )
 
 
@@ -265,10 +272,12 @@ def pretrain_until_plateau(
     opt = torch.optim.AdamW(
         model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=run.weight_decay
     )
-    # the token budget may grow (the learning rate does not decay), so it is not part of a run's
-    # identity; neither are options unset (checkpoints made before they existed resume)
+    # the token budget may grow (the learning rate does not decay) and the epoch cap only moves
+    # the first anneal, so neither is part of a run's identity; nor are options unset
+    # (checkpoints made before they existed resume)
     settings = {k: v for k, v in dataclasses.asdict(run).items() if v is not None}
     settings.pop("max_tokens", None)
+    settings.pop("anneal_after_epoch")
     identity = {"kind": kind, "run": settings, "corpus": corpus.meta}
     state = _resume(model, opt, workdir / CHECKPOINT, identity)
     if state is None:
@@ -325,7 +334,7 @@ def pretrain_until_plateau(
             losses.clear()
             state["curve"].append(point)
             if run.max_tokens is None:
-                _advance_plateau(state, heldout, run)
+                _advance_plateau(state, heldout, run, epoch_tokens=corpus.train_tokens.numel())
             else:
                 state["done"] = spent
             _save_checkpoint(model, opt, state, identity, workdir)
@@ -366,13 +375,14 @@ def pretrain_until_plateau(
     return result
 
 
-def _advance_plateau(state: dict, heldout: float, run: LongRun) -> None:
-    if heldout < state["best"] - run.min_delta:
-        state["best"], state["since_best"] = heldout, 0
-        return
+def _advance_plateau(state: dict, heldout: float, run: LongRun, epoch_tokens: int) -> None:
+    improved = heldout < state["best"] - run.min_delta
     state["best"] = min(state["best"], heldout)
-    state["since_best"] += 1
-    if state["since_best"] < run.patience or state["tokens_seen"] < run.min_tokens:
+    state["since_best"] = 0 if improved else state["since_best"] + 1
+    if state["tokens_seen"] < run.min_tokens:
+        return
+    capped = run.anneal_after_epoch and state["anneals_done"] == 0 < run.anneals
+    if state["since_best"] < run.patience and not (capped and state["tokens_seen"] >= epoch_tokens):
         return
     if state["anneals_done"] < run.anneals:
         state["anneals_done"] += 1

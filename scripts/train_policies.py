@@ -3,17 +3,18 @@
     python scripts/train_policies.py --env Walker2d-v5 --timesteps 1000000 --seed 0 \
         --out ~/.cache/dtlens/policies/walker2d --max-minutes 60
 
-Every `--eval-every` steps the deterministic actor is evaluated and saved under
-`OUT/checkpoints/`, and the whole SAC state (networks, optimisers, entropy coefficient, the filled
-part of the replay buffer) under `OUT/resume/`: the same command run again continues from there,
-across sessions (the environment restarts its episode; nothing else is lost). Training stops at
-`--timesteps` or after `--max-minutes` of this invocation; the export runs once all steps are
-done (`--export-only` forces it); SIGTERM or SIGINT saves the state and stops. Then the replay
-buffer is written to `OUT/replay.hdf5` (D4RL layout) and `export` picks the *expert* (the best
-of the 5 top checkpoints re-evaluated over 10 fresh episodes) and the *medium* (the earlier
-checkpoint nearest a third of the expert's return that moves forward), evaluates both over 10
-episodes, writes them to `dtlens/assets/policies/` and the replay buffer up to the medium
-checkpoint to `OUT/<env>-medium-replay.hdf5`. `export` can be rerun alone:
+Every `--eval-every` steps the deterministic actor is evaluated and saved under `OUT/checkpoints/`,
+and the whole SAC state (networks, optimisers, entropy coefficient, the filled part of the replay
+buffer) under `OUT/resume/`: the same command run again continues from there, across sessions (the
+environment restarts its episode; nothing else is lost). Training ends at `--timesteps`, or once
+`--target-score` is reached (the D4RL normalized score of the mean evaluation return, on
+`TARGET_EVALS` evaluations in a row), and pauses after `--max-minutes` of this invocation; the
+export runs once training has ended (`--export-only` forces it); SIGTERM or SIGINT saves the state
+and stops. Then the replay buffer is written to `OUT/replay.hdf5` (D4RL layout) and `export` picks
+the *expert* (the best of the 5 top checkpoints re-evaluated over 10 fresh episodes) and the
+*medium* (the earlier checkpoint nearest a third of the expert's return that moves forward),
+evaluates both over 10 episodes, writes them to `dtlens/assets/policies/` and the replay buffer up
+to the medium checkpoint to `OUT/<env>-medium-replay.hdf5`. `export` can be rerun alone:
 
     python scripts/train_policies.py --out runs/policies/hopper --export-only
 """
@@ -38,9 +39,12 @@ from dtlens.data.policy import (
     record_policy,
     rollout_stats,
 )
+from dtlens.data.scores import normalized_score
 from dtlens.io import load_json, save_json, write_atomic
 from dtlens.stopping import stop_signal
 
+#: Evaluations in a row at or above `--target-score` that end training (5-episode means are noisy).
+TARGET_EVALS = 2
 BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
@@ -52,8 +56,18 @@ def actor_policy(model, env_id: str) -> MLPPolicy:
     return MLPPolicy(weights, env_id=env_id)
 
 
+def target_reached(rows: list[dict], env_id: str, score: float | None) -> bool:
+    """Whether the last `TARGET_EVALS` evaluations' mean returns all score at least `score`."""
+    last = rows[-TARGET_EVALS:]
+    return (
+        score is not None
+        and len(last) == TARGET_EVALS
+        and all(normalized_score(env_id, r["return_mean"]) >= score for r in last)
+    )
+
+
 def train(args: argparse.Namespace) -> bool:
-    """Train (or continue) SAC; True once `--timesteps` steps are done."""
+    """Train (or continue) SAC; True once `--timesteps` steps are done or the target reached."""
     import gymnasium as gym
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
@@ -114,16 +128,20 @@ def train(args: argparse.Namespace) -> bool:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
                 checkpoint()
+                if target_reached(read_rows(log_path), args.env, args.target_score):
+                    return False
             return not stop.requested and (time.time() - start) / 60 < args.max_minutes
 
     remaining = args.timesteps - model.num_timesteps
-    if remaining > 0:
+    if remaining > 0 and not target_reached(read_rows(log_path), args.env, args.target_score):
         with stop_signal() as stop:  # SIGTERM/SIGINT: checkpoint, then stop
             model.learn(
                 total_timesteps=remaining, callback=EvalAndStop(), reset_num_timesteps=False
             )
         checkpoint()
-    if model.num_timesteps < args.timesteps:
+    if target_reached(read_rows(log_path), args.env, args.target_score):
+        print(f"target score {args.target_score} reached at step {model.num_timesteps}")
+    elif model.num_timesteps < args.timesteps:
         print(f"stopped at step {model.num_timesteps} of {args.timesteps}: run again to continue")
         return False
     save_replay(model.replay_buffer, out / "replay.hdf5", args)
@@ -175,7 +193,7 @@ def save_replay(buffer, path: Path, args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     """Pick expert and medium checkpoints, evaluate them, write them to the assets folder."""
     out = Path(args.out)
-    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines() if line]
+    rows = read_rows(out / "eval.jsonl")
     train_info = json.loads((out / "train.json").read_text())
     targs = train_info["args"]
     best = pick_expert(rows, out, targs["env"])
@@ -185,7 +203,8 @@ def export(args: argparse.Namespace) -> None:
         f"--seed {targs['seed']} --eval-every {targs['eval_every']} "
         f"--eval-episodes {targs['eval_episodes']} --learning-starts {targs['learning_starts']} "
         f"--hidden {','.join(map(str, targs['hidden']))} "
-        f"--out {shlex.quote(targs['out'])}"
+        + (f"--target-score {targs['target_score']} " if targs.get("target_score") else "")
+        + f"--out {shlex.quote(targs['out'])}"
     )
     random_returns = evaluate_policy(None, targs["env"], episodes=10, seed=0)
     env_name = targs["env"].split("-")[0].lower()
@@ -214,6 +233,11 @@ def export(args: argparse.Namespace) -> None:
     meta = {"env_id": targs["env"], "policy": "sac-replay", "quality": "medium-replay"}
     write_d4rl(out / f"{env_name}-medium-replay.hdf5", arrays, meta | {"seed": targs["seed"]})
     print(json.dumps(summary, indent=2))
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The evaluations logged so far (eval.jsonl), oldest first."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def pick_expert(rows: list[dict], out: Path, env_id: str, top: int = 5) -> dict:
@@ -255,6 +279,12 @@ def main(argv: list[str] | None = None) -> None:
         type=lambda v: [int(x) for x in v.split(",")],
         default=[256, 256],
         help="hidden layer widths of actor and critics (D4RL's SAC: 256,256)",
+    )
+    parser.add_argument(
+        "--target-score",
+        type=float,
+        default=None,
+        help="end training once the D4RL normalized score of the evaluation return reaches this",
     )
     parser.add_argument("--max-minutes", type=float, default=float("inf"))
     parser.add_argument("--out", default="runs/policies/hopper")

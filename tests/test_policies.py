@@ -3,7 +3,9 @@ recorded (the datasets are collected from them)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +15,7 @@ from dtlens.data.policy import POLICY_DIR, evaluate_policy, load_policy
 from dtlens.errors import DtlensError
 from dtlens.io import load_json
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 POLICIES = sorted(load_json(POLICY_DIR / "manifest.json"))
 
 
@@ -74,3 +77,16 @@ def test_cli_collect_with_an_unknown_policy_is_one_line(tmp_path):
     )
     assert result.exit_code != 0 and "unknown policy" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_policy_training_ends_at_the_target_on_consecutive_evaluations():
+    spec = importlib.util.spec_from_file_location("train_policies", SCRIPTS / "train_policies.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    at = {"return_mean": 9652.0}  # HalfCheetah: normalized 80.0
+    below = {"return_mean": 9600.0}
+    assert script.TARGET_EVALS == 2
+    assert script.target_reached([below, at, at], "HalfCheetah-v5", 80.0)
+    assert not script.target_reached([at, below], "HalfCheetah-v5", 80.0)
+    assert not script.target_reached([at], "HalfCheetah-v5", 80.0)  # one evaluation is noise
+    assert not script.target_reached([at, at], "HalfCheetah-v5", None)  # no target: timesteps

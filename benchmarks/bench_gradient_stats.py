@@ -67,7 +67,7 @@ def one_backward_per_sample(model: DecisionTransformer, batch: Batch) -> list[tu
 def loop_route(model: DecisionTransformer, batch: Batch) -> tuple[np.ndarray, float]:
     """The loop with dtlens's reductions, tensor by tensor; (norms, confusion of all samples)."""
     per_sample = one_backward_per_sample(model, batch)
-    gram, sq = GramAccumulator(len(batch)), np.zeros(len(batch))
+    gram, sq = GramAccumulator(len(batch), fast=True), np.zeros(len(batch))
     for t in range(len(per_sample[0])):
         g = torch.stack([grads[t] for grads in per_sample]).flatten(1)
         sq += squared_norms(g)

@@ -28,6 +28,7 @@ import xarray as xr
 
 import dtlens
 from dtlens.data.windows import Batch
+from dtlens.diagnostics.batched_grads import batched_route_fits, iter_batched_grad_blocks
 from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.gradients import (
     RELEASED_TENSORS,
@@ -43,6 +44,7 @@ from dtlens.diagnostics.per_sample import (
     batch_grads,
     iter_grad_blocks,
     squared_norms,
+    used_parameters,
 )
 from dtlens.errors import DtlensError
 from dtlens.model.dt import DecisionTransformer
@@ -67,17 +69,13 @@ def gradient_stats(
     n = len(batch)
     if not 2 <= n_confusion <= n:
         raise DtlensError(f"confusion needs 2 <= n_confusion <= {n} samples, got {n_confusion}")
-    gram, block_gram = GramAccumulator(n_confusion), GramAccumulator(n_confusion)
+    gram, block_gram = GramAccumulator(n_confusion, True), GramAccumulator(n_confusion, True)
     sq_norms: dict[str, np.ndarray] = {}
-    grads = iter_grad_blocks(
-        model,
-        batch,
-        together=n_confusion,
-        chunk_size=chunk_size,
-        train_mode=train_mode,
-        seed=seed,
-        group_by=group_by,
-    )
+    route = dict(together=n_confusion, chunk_size=chunk_size, train_mode=train_mode, seed=seed)
+    if group_by == "block" and batched_route_fits(model):
+        grads = iter_batched_grad_blocks(model, batch, ordered=False, **route)
+    else:
+        grads = iter_grad_blocks(model, batch, group_by=group_by, **route)
     for name, samples, g in grads:
         flat, sq = g.flatten(1), sq_norms.setdefault(name, np.zeros(n))
         if samples.start == 0:  # the confusion samples (and the rest of their chunk) at once
@@ -88,12 +86,12 @@ def gradient_stats(
         if len(flat):
             sq[samples] = squared_norms(flat)
         del g, flat  # before the next group's gradients are made
-    names = list(sq_norms)
+    names = [name for name in used_parameters(model) if name in sq_norms]
     numel = [model.get_parameter(name).numel() for name in names]
     block_sq = sum(
         (sq_norms[name] for name in names if released_tensor(name) is not None), np.zeros(n)
     )
-    sq = np.stack(list(sq_norms.values()), axis=1)  # (sample, tensor)
+    sq = np.stack([sq_norms[name] for name in names], axis=1)  # (sample, tensor)
     norm = np.sqrt(sq.sum(axis=1))
     coef = clip_coefficients(norm, max_norm=clip)
     share = share_of_norm(sq)

@@ -4,13 +4,12 @@ Two peers, both one backward pass per sample (`action_loss` of a one-sample batc
 default path): "concatenated" puts each sample's gradients into one row and takes the norms and
 the Gram of the (n, P) matrix in float64, as such a loop is first written (the peer of issue
 31's measurement); "tensor by tensor" stacks each tensor's per-sample gradients and applies
-dtlens's own float64 reductions (`squared_norms`, `GramAccumulator`), so that its ratio measures
-only how the per-sample gradients are made. Both hold every sample's gradient at once.
-dtlens: `gradient_stats` with its
-defaults (groups of parameters packed to `GRAD_MEMORY`, the samples beyond the confusion ones
-chunk by chunk). Eval mode (the loop cannot reproduce vmap's per-sample dropout masks), a
-random-weight DT, `bench_confusion`'s random windows of K=20 (60 tokens, a fifth left-padded),
-every sample in the Gram.
+dtlens's own reduction (`GramAccumulator(fast=True)`, its diagonal the squared norms), so that
+its ratio measures only how the per-sample gradients are made. Both hold every sample's gradient
+at once. dtlens: `gradient_stats` with its defaults (batched forward and backward passes of
+chunks of samples, `dtlens.diagnostics.batched_grads`). Eval mode (the loop cannot reproduce the
+per-sample dropout masks of a batched forward), a random-weight DT, `bench_confusion`'s random
+windows of K=20 (60 tokens, a fifth left-padded), every sample in the Gram.
 
 Each route runs in a process of its own, the three alternating (`--repeats` times each), so that
 a change in the machine's load touches each alike; time is the median, peak the highest VmHWM
@@ -49,7 +48,7 @@ from dtlens import DecisionTransformer  # noqa: E402
 from dtlens.data.windows import Batch  # noqa: E402
 from dtlens.diagnostics.analyses.gradients import gradient_stats  # noqa: E402
 from dtlens.diagnostics.gradients import GramAccumulator  # noqa: E402
-from dtlens.diagnostics.per_sample import squared_norms, used_parameters  # noqa: E402
+from dtlens.diagnostics.per_sample import used_parameters  # noqa: E402
 from dtlens.train.loop import action_loss  # noqa: E402
 
 #: name -> (layers, d_model, heads); the suite's is GPT-2 small's size.
@@ -70,8 +69,7 @@ def loop_route(model: DecisionTransformer, batch: Batch) -> tuple[np.ndarray, fl
     gram, sq = GramAccumulator(len(batch), fast=True), np.zeros(len(batch))
     for t in range(len(per_sample[0])):
         g = torch.stack([grads[t] for grads in per_sample]).flatten(1)
-        sq += squared_norms(g)
-        gram.update(g)
+        sq += gram.update(g)
     return np.sqrt(sq), gram.confusion()
 
 

@@ -73,11 +73,15 @@ def gradient_stats(
     sq_norms: dict[str, np.ndarray] = {}
     route = dict(together=n_confusion, chunk_size=chunk_size, train_mode=train_mode, seed=seed)
     if group_by == "block" and batched_route_fits(model):
-        grads = iter_batched_grad_blocks(model, batch, ordered=False, **route)
+        grads = iter_batched_grad_blocks(model, batch, ordered=False, squared=True, **route)
     else:
         grads = iter_grad_blocks(model, batch, group_by=group_by, **route)
     for name, samples, g in grads:
-        flat, sq = g.flatten(1), sq_norms.setdefault(name, np.zeros(n))
+        sq = sq_norms.setdefault(name, np.zeros(n))
+        if isinstance(g, np.ndarray):  # squared norms already (the batched route's, `squared`)
+            sq[samples] = g
+            continue
+        flat = g.flatten(1)
         if samples.start == 0:  # the confusion samples (and the rest of their chunk) at once
             sq[:n_confusion] = gram.update(flat[:n_confusion])
             if paper_variant and released_tensor(name) is not None:

@@ -440,17 +440,20 @@ def iter_batched_grad_blocks(
         state = _rng_state(devices)
     end = state
     for layers in _passes(plan, together, memory) if together else []:
-        chunks: dict[int, list[tuple[Tensor, ...]]] = {i: [] for i in layers}
+        joined: dict[int, tuple[Tensor | None, ...]] = {}  # each layer's, all the samples
         with _mode(model, train_mode), torch.random.fork_rng(devices=devices):
             _set_rng_state(state, devices)
             for start in range(0, together, chunk_size):
                 chunk = batch.index(slice(start, start + chunk_size))
                 kept = _chunk_layers(model, chunk, layers, plan)
                 for i in layers:
-                    chunks[i].append(kept.pop(i))
+                    part = kept.pop(i)
+                    if not start:
+                        joined[i] = tuple(_buffer(t, together) for t in part)
+                    for buffer, t in zip(joined[i], part, strict=True):
+                        if t is not None:
+                            buffer[start : start + len(t)] = t
             end = _rng_state(devices)
-        joined = {i: tuple(_cat(parts)) for i, parts in chunks.items()}
-        del chunks
         for name, g in _assemble(plan, layers, joined, ordered):
             yield name, slice(0, together), g
     state = end  # where the first samples' chunks left the stream
@@ -465,6 +468,5 @@ def iter_batched_grad_blocks(
             yield name, slice(start, start + len(chunk)), g
 
 
-def _cat(parts: list[tuple[Tensor | None, ...]]) -> Iterator[Tensor | None]:
-    for column in zip(*parts, strict=True):
-        yield None if column[0] is None else torch.cat(column)
+def _buffer(t: Tensor | None, samples: int) -> Tensor | None:
+    return None if t is None else t.new_empty((samples, *t.shape[1:]))

@@ -14,7 +14,7 @@ windows of K=20 (60 tokens, a fifth left-padded), every sample in the Gram.
 Each route runs in a process of its own, the three alternating (`--repeats` times each), so that
 a change in the machine's load touches each alike; time is the median, peak the highest VmHWM
 above the RSS once the model and batch are built. The table also gives how far dtlens's norms
-and confusion are from the tensor-by-tensor loop's.
+and confusion are from the concatenated loop's (float64 products).
 
     .venv/bin/python benchmarks/bench_gradient_stats.py [--quick] [--repeats N] [--samples N]
 """
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 out = run_child([__file__, "--child", route, size, str(args.samples)])
             print({"route": route, "seconds": out["seconds"]}, file=sys.stderr, flush=True)
             runs[route].append(out)
-    loop = runs["loop, Gram tensor by tensor"]
+    loop = runs["loop, Gram of the concatenated gradients"]  # float64 throughout
     ref = np.asarray(loop[0]["norms"])
     rows = []
     for route, done in runs.items():
@@ -158,7 +158,7 @@ def print_table(rows: list[dict], repeats: int) -> None:
         f"\nper-sample gradient norms and the Gram (confusion) of {r0['samples']} windows of "
         f"K={K} (60 tokens), {r0['model']} DT with random weights, eval mode; each route in a "
         f"process of its own, the three alternating, median of {repeats}; peak = VmHWM above the "
-        f"RSS with the model and batch built; differences from the tensor-by-tensor loop's "
+        f"RSS with the model and batch built; differences from the concatenated loop's (float64) "
         f"numbers\n"
         f"{machine_line()}\n"
     )

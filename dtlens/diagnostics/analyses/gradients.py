@@ -6,8 +6,14 @@ and share of the squared norm; over the first `n_confusion` samples, gradient co
 minimum pairwise cosine) and every pairwise cosine. Clipping scales a whole gradient, so it changes
 neither the shares nor the cosines. The confusion samples' gradients are streamed tensor by tensor
 into a Gram matrix (`GramAccumulator`, their squared norms its diagonal): the (n, P) gradient
-matrix is never held in memory; the other samples' gradients come a chunk of samples at a time,
-for their norms only (`iter_grad_blocks`).
+matrix is never held in memory; the other samples come a chunk of samples at a time, for their
+norms only. The gradients come from batched forward and backward passes
+(`dtlens.diagnostics.batched_grads`: each layer's inputs and output gradients; the other samples'
+norms of the linear weights without making the gradients); a DT whose backbone runs
+TransformerLens's hooked blocks (another decoder family, a hook attached) or `group_by="all"`
+takes vmap's route (`iter_grad_blocks`), with the same values. The Gram's products are float32
+over runs of 4096 columns, summed in float64 (`GramAccumulator(fast=True)`: ~5e-8 relative at
+GPT-2 size, the float32 gradients' own rounding).
 
 `paper_variant=True` adds the released code's three numbers (``analysis/signal_propagation.py``,
 ``analysis/section-54-gradient-analysis/compute_grad_norm.py`` and ``compute_grad_confusion.py``):

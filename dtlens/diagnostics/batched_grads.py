@@ -202,6 +202,7 @@ class _Plan:
     nbytes: list[int]  # bytes a sample's kept inputs and output gradients take, per layer
     rows: list[int]  # an embedding's rows (0 for the other layers)
     shapes: dict[str, tuple[int, ...]]
+    ordered: bool  # each parameter's elements in its own order (`_pieces`)
 
 
 def _plan(model: DecisionTransformer, batch: Batch, names: list[str], ordered: bool) -> _Plan:
@@ -231,7 +232,8 @@ def _plan(model: DecisionTransformer, batch: Batch, names: list[str], ordered: b
             )
     kinds = [layer.kind for layer in tape.layers]
     rows = [layer.args.get("rows", 0) for layer in tape.layers]
-    return _Plan(kinds, pieces, nbytes, rows, {n: tuple(p.shape) for n, p in params.items()})
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    return _Plan(kinds, pieces, nbytes, rows, shapes, ordered)
 
 
 def _passes(plan: _Plan, samples: int, memory: int | None) -> list[list[int]]:
@@ -416,8 +418,8 @@ def iter_batched_grad_blocks(
     norm or a Gram needs, without copies. `squared`: the samples after the first `together`
     come as their squared norms, a float64 array (samples,), a parameter made of whole rows of
     a linear weight without its gradients (`_ghost_norms`: 10x fewer products at GPT-2 size).
-    Raises `Unsupported`
-    before yielding anything where a parameter is not in a recorded layer."""
+    Checks and plans at the call: raises `Unsupported` where the DT runs the hooked blocks or a
+    parameter is not in a recorded layer, before any gradient is made."""
     if chunk_size < 1:
         raise DtlensError(f"chunk_size must be at least 1, got {chunk_size}")
     if not batched_route_fits(model):
@@ -430,11 +432,27 @@ def iter_batched_grad_blocks(
     if not 0 <= together <= n:
         raise DtlensError(f"together must lie in [0, {n}], got {together}")
     plan = _plan(model, batch, names, ordered)
-    devices = [model.device] if model.device.type == "cuda" else []
     if memory is not None:  # the chunks of `iter_grad_blocks`: the same dropout masks
         tokens = 3 * batch.timesteps.shape[1]
         chunk_size = min(chunk_size, samples_per_chunk(model, tokens, ACTIVATION_MEMORY))
     together = min(n, -(-together // chunk_size) * chunk_size)  # whole chunks
+    return _blocks(model, batch, plan, together, chunk_size, train_mode, seed, memory, squared)
+
+
+def _blocks(
+    model: DecisionTransformer,
+    batch: Batch,
+    plan: _Plan,
+    together: int,
+    chunk_size: int,
+    train_mode: bool,
+    seed: int,
+    memory: int | None,
+    squared: bool,
+) -> Iterator[tuple[str, slice, Float[Tensor, "samples ..."] | Float[np.ndarray, " samples"]]]:
+    """`iter_batched_grad_blocks`'s blocks, once checked and planned."""
+    n, ordered = len(batch), plan.ordered
+    devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         state = _rng_state(devices)

@@ -26,6 +26,7 @@ batch (`released_share`; `paper_tensor_norm` is that clipped norm).
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ import xarray as xr
 
 import dtlens
 from dtlens.data.windows import Batch
-from dtlens.diagnostics.batched_grads import batched_route_fits, iter_batched_grad_blocks
+from dtlens.diagnostics.batched_grads import Unsupported, iter_batched_grad_blocks
 from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.gradients import (
     RELEASED_TENSORS,
@@ -78,9 +79,11 @@ def gradient_stats(
     gram, block_gram = GramAccumulator(n_confusion, True), GramAccumulator(n_confusion, True)
     sq_norms: dict[str, np.ndarray] = {}
     route = dict(together=n_confusion, chunk_size=chunk_size, train_mode=train_mode, seed=seed)
-    if group_by == "block" and batched_route_fits(model):
-        grads = iter_batched_grad_blocks(model, batch, ordered=False, squared=True, **route)
-    else:
+    grads = None
+    if group_by == "block":  # the batched route where it fits the DT, else vmap's
+        with suppress(Unsupported):
+            grads = iter_batched_grad_blocks(model, batch, ordered=False, squared=True, **route)
+    if grads is None:
         grads = iter_grad_blocks(model, batch, group_by=group_by, **route)
     for name, samples, g in grads:
         sq = sq_norms.setdefault(name, np.zeros(n))

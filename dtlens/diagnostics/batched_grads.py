@@ -142,17 +142,28 @@ def _pieces(t: Tensor | None, params: dict[str, Tensor], ordered: bool) -> list[
     for name, p in params.items():
         if t is p:
             return [_Piece(name, None, None)]
-        if t._base is p and p.is_contiguous() and t.numel() == p.numel():  # a view: reshape, .T
+        if t._base is p and _permutes(t, p):  # a view: a reshape, a transpose
             if not ordered:
                 return [_Piece(name, None, None)]
-            where = torch.arange(p.numel(), device=t.device).as_strided(
-                t.shape, t.stride(), t.storage_offset() - p.storage_offset()
-            )
+            where = torch.arange(p.numel(), device=t.device).as_strided(t.shape, t.stride())
             src = torch.empty_like(where.flatten())
             src[where.flatten()] = torch.arange(t.numel(), device=t.device)
-            if len(src.unique()) == len(src):
-                return [_Piece(name, src, None)]
+            return [_Piece(name, src, None)]
     return _probed(t, params, ordered)
+
+
+def _permutes(view: Tensor, p: Tensor) -> bool:
+    """Whether `view` holds each element of the contiguous `p` exactly once (its strides, in
+    decreasing order, are those of a dense layout from `p`'s first element)."""
+    if not p.is_contiguous() or view.storage_offset() != p.storage_offset():
+        return False
+    dims = sorted((s, n) for s, n in zip(view.stride(), view.shape, strict=True) if n > 1)
+    dense = 1
+    for stride, size in dims:
+        if stride != dense:
+            return False
+        dense *= size
+    return dense == p.numel()
 
 
 def _probed(t: Tensor, params: dict[str, Tensor], ordered: bool) -> list[_Piece]:

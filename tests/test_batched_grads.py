@@ -200,3 +200,12 @@ def test_ghost_norms_equal_the_norms_of_the_gradients(monkeypatch, batch, tie_ac
     # a chunk: W_Q, W_K, W_V, W_O, W_in, W_out of 2 blocks, the 3 embeddings' and the head's
     # weights, but for the action embedding's when the head shares it
     assert sum(ghosts) == 3 * (12 + (2 if tie_action_head else 4))  # 3 chunks after the first
+
+
+def test_an_embedding_with_a_padding_row_is_refused(model, batch):
+    """Its padding row gets no gradient, which the route does not model: vmap's route then."""
+    model.embed_timestep.padding_idx = 0
+    with pytest.raises(Unsupported, match="padding_idx"):
+        iter_batched_grad_blocks(model, batch)
+    ds = analysis.gradient_stats(model, batch, n_confusion=3, train_mode=False)
+    assert np.isfinite(ds["norm"]).all()

@@ -19,10 +19,13 @@ of every sample for every parameter, where vmap makes one for each group of para
 
 The first `together` samples' gradients (a Gram matrix's) come tensor by tensor, all of them at
 once: their chunks' layer inputs and output gradients are kept until the last chunk (a GPT-2
-block's are 3.7 MB a sample of 60 tokens, a tenth of its gradient), up to `memory` bytes; beyond
+block's are 2.9 MB a sample of 60 tokens, a tenth of its gradient), up to `memory` bytes; beyond
 it the layers are split into passes over those chunks, each a forward and a backward down to its
-lowest layer. The other samples come chunk by chunk. Peak memory: `memory` + one layer's
-gradients of the `together` samples + one chunk's activations.
+lowest layer. The other samples come chunk by chunk, as gradients or (`squared`) as squared
+norms: those of whole rows of a linear weight without making its gradient ("ghost" norms,
+||g^T a||^2 = sum over token pairs of (a_t . a_t') (g_t . g_t'): T^2 (d_in + d_out) products
+instead of T d_in d_out, a tenth at GPT-2 size and 60 tokens). Peak memory: `memory` + one
+layer's gradients of the `together` samples + one chunk's activations.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def _layer(func: Callable, args: tuple, kwargs: dict, out: Tensor) -> _Layer | N
     if not any(t is not None and t.requires_grad for t in (weight, bias)):
         return None
     if kind == "embedding":
-        if any(bound[k] for k in ("padding_idx", "max_norm", "scale_grad_by_freq", "sparse")):
+        special = bound["padding_idx"] is not None or bound["max_norm"] is not None
+        if special or bound["scale_grad_by_freq"] or bound["sparse"]:
             raise Unsupported("an embedding with padding_idx, max_norm or a scaled gradient")
         extra = {"rows": weight.shape[0]}
     elif kind != "linear":

@@ -4,18 +4,17 @@ Two peers, both one backward pass per sample (`action_loss` of a one-sample batc
 default path): "concatenated" puts each sample's gradients into one row and takes the norms and
 the Gram of the (n, P) matrix in float64, as such a loop is first written (the peer of issue
 31's measurement); "tensor by tensor" stacks each tensor's per-sample gradients and applies
-dtlens's own float64 reductions (`squared_norms`, `GramAccumulator`), so that its ratio measures
-only how the per-sample gradients are made. Both hold every sample's gradient at once.
-dtlens: `gradient_stats` with its
-defaults (groups of parameters packed to `GRAD_MEMORY`, the samples beyond the confusion ones
-chunk by chunk). Eval mode (the loop cannot reproduce vmap's per-sample dropout masks), a
-random-weight DT, `bench_confusion`'s random windows of K=20 (60 tokens, a fifth left-padded),
-every sample in the Gram.
+dtlens's own reduction (`GramAccumulator(fast=True)`, its diagonal the squared norms), so that
+its ratio measures only how the per-sample gradients are made. Both hold every sample's gradient
+at once. dtlens: `gradient_stats` with its defaults (batched forward and backward passes of
+chunks of samples, `dtlens.diagnostics.batched_grads`). Eval mode (the loop cannot reproduce the
+per-sample dropout masks of a batched forward), a random-weight DT, `bench_confusion`'s random
+windows of K=20 (60 tokens, a fifth left-padded), every sample in the Gram.
 
 Each route runs in a process of its own, the three alternating (`--repeats` times each), so that
 a change in the machine's load touches each alike; time is the median, peak the highest VmHWM
 above the RSS once the model and batch are built. The table also gives how far dtlens's norms
-and confusion are from the tensor-by-tensor loop's.
+and confusion are from the concatenated loop's (float64 products).
 
     .venv/bin/python benchmarks/bench_gradient_stats.py [--quick] [--repeats N] [--samples N]
 """
@@ -49,7 +48,7 @@ from dtlens import DecisionTransformer  # noqa: E402
 from dtlens.data.windows import Batch  # noqa: E402
 from dtlens.diagnostics.analyses.gradients import gradient_stats  # noqa: E402
 from dtlens.diagnostics.gradients import GramAccumulator  # noqa: E402
-from dtlens.diagnostics.per_sample import squared_norms, used_parameters  # noqa: E402
+from dtlens.diagnostics.per_sample import used_parameters  # noqa: E402
 from dtlens.train.loop import action_loss  # noqa: E402
 
 #: name -> (layers, d_model, heads); the suite's is GPT-2 small's size.
@@ -67,11 +66,10 @@ def one_backward_per_sample(model: DecisionTransformer, batch: Batch) -> list[tu
 def loop_route(model: DecisionTransformer, batch: Batch) -> tuple[np.ndarray, float]:
     """The loop with dtlens's reductions, tensor by tensor; (norms, confusion of all samples)."""
     per_sample = one_backward_per_sample(model, batch)
-    gram, sq = GramAccumulator(len(batch)), np.zeros(len(batch))
+    gram, sq = GramAccumulator(len(batch), fast=True), np.zeros(len(batch))
     for t in range(len(per_sample[0])):
         g = torch.stack([grads[t] for grads in per_sample]).flatten(1)
-        sq += squared_norms(g)
-        gram.update(g)
+        sq += gram.update(g)
     return np.sqrt(sq), gram.confusion()
 
 
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 out = run_child([__file__, "--child", route, size, str(args.samples)])
             print({"route": route, "seconds": out["seconds"]}, file=sys.stderr, flush=True)
             runs[route].append(out)
-    loop = runs["loop, Gram tensor by tensor"]
+    loop = runs["loop, Gram of the concatenated gradients"]  # float64 throughout
     ref = np.asarray(loop[0]["norms"])
     rows = []
     for route, done in runs.items():
@@ -160,7 +158,7 @@ def print_table(rows: list[dict], repeats: int) -> None:
         f"\nper-sample gradient norms and the Gram (confusion) of {r0['samples']} windows of "
         f"K={K} (60 tokens), {r0['model']} DT with random weights, eval mode; each route in a "
         f"process of its own, the three alternating, median of {repeats}; peak = VmHWM above the "
-        f"RSS with the model and batch built; differences from the tensor-by-tensor loop's "
+        f"RSS with the model and batch built; differences from the concatenated loop's (float64) "
         f"numbers\n"
         f"{machine_line()}\n"
     )

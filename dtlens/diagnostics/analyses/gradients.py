@@ -6,8 +6,14 @@ and share of the squared norm; over the first `n_confusion` samples, gradient co
 minimum pairwise cosine) and every pairwise cosine. Clipping scales a whole gradient, so it changes
 neither the shares nor the cosines. The confusion samples' gradients are streamed tensor by tensor
 into a Gram matrix (`GramAccumulator`, their squared norms its diagonal): the (n, P) gradient
-matrix is never held in memory; the other samples' gradients come a chunk of samples at a time,
-for their norms only (`iter_grad_blocks`).
+matrix is never held in memory; the other samples come a chunk of samples at a time, for their
+norms only. The gradients come from batched forward and backward passes
+(`dtlens.diagnostics.batched_grads`: each layer's inputs and output gradients; the other samples'
+norms of the linear weights without making the gradients); a DT whose backbone runs
+TransformerLens's hooked blocks (another decoder family, a hook attached) or `group_by="all"`
+takes vmap's route (`iter_grad_blocks`), with the same values. The Gram's products are float32
+over runs of 4096 columns, summed in float64 (`GramAccumulator(fast=True)`: ~5e-8 relative at
+GPT-2 size, the float32 gradients' own rounding).
 
 `paper_variant=True` adds the released code's three numbers (``analysis/signal_propagation.py``,
 ``analysis/section-54-gradient-analysis/compute_grad_norm.py`` and ``compute_grad_confusion.py``):
@@ -20,6 +26,7 @@ batch (`released_share`; `paper_tensor_norm` is that clipped norm).
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +35,7 @@ import xarray as xr
 
 import dtlens
 from dtlens.data.windows import Batch
+from dtlens.diagnostics.batched_grads import Unsupported, iter_batched_grad_blocks
 from dtlens.diagnostics.contract import Diagnostic, Finding, Reads, Table
 from dtlens.diagnostics.gradients import (
     RELEASED_TENSORS,
@@ -43,6 +51,7 @@ from dtlens.diagnostics.per_sample import (
     batch_grads,
     iter_grad_blocks,
     squared_norms,
+    used_parameters,
 )
 from dtlens.errors import DtlensError
 from dtlens.model.dt import DecisionTransformer
@@ -67,19 +76,21 @@ def gradient_stats(
     n = len(batch)
     if not 2 <= n_confusion <= n:
         raise DtlensError(f"confusion needs 2 <= n_confusion <= {n} samples, got {n_confusion}")
-    gram, block_gram = GramAccumulator(n_confusion), GramAccumulator(n_confusion)
+    gram, block_gram = GramAccumulator(n_confusion, True), GramAccumulator(n_confusion, True)
     sq_norms: dict[str, np.ndarray] = {}
-    grads = iter_grad_blocks(
-        model,
-        batch,
-        together=n_confusion,
-        chunk_size=chunk_size,
-        train_mode=train_mode,
-        seed=seed,
-        group_by=group_by,
-    )
+    route = dict(together=n_confusion, chunk_size=chunk_size, train_mode=train_mode, seed=seed)
+    grads = None
+    if group_by == "block":  # the batched route where it fits the DT, else vmap's
+        with suppress(Unsupported):
+            grads = iter_batched_grad_blocks(model, batch, ordered=False, squared=True, **route)
+    if grads is None:
+        grads = iter_grad_blocks(model, batch, group_by=group_by, **route)
     for name, samples, g in grads:
-        flat, sq = g.flatten(1), sq_norms.setdefault(name, np.zeros(n))
+        sq = sq_norms.setdefault(name, np.zeros(n))
+        if isinstance(g, np.ndarray):  # squared norms already (the batched route's, `squared`)
+            sq[samples] = g
+            continue
+        flat = g.flatten(1)
         if samples.start == 0:  # the confusion samples (and the rest of their chunk) at once
             sq[:n_confusion] = gram.update(flat[:n_confusion])
             if paper_variant and released_tensor(name) is not None:
@@ -88,12 +99,12 @@ def gradient_stats(
         if len(flat):
             sq[samples] = squared_norms(flat)
         del g, flat  # before the next group's gradients are made
-    names = list(sq_norms)
+    names = [name for name in used_parameters(model) if name in sq_norms]
     numel = [model.get_parameter(name).numel() for name in names]
     block_sq = sum(
         (sq_norms[name] for name in names if released_tensor(name) is not None), np.zeros(n)
     )
-    sq = np.stack(list(sq_norms.values()), axis=1)  # (sample, tensor)
+    sq = np.stack([sq_norms[name] for name in names], axis=1)  # (sample, tensor)
     norm = np.sqrt(sq.sum(axis=1))
     coef = clip_coefficients(norm, max_norm=clip)
     share = share_of_norm(sq)

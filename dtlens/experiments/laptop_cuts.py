@@ -68,7 +68,7 @@ def projected_hours(preset: Preset) -> float:
     return max(sum(costs) / WORKERS, max(costs, default=0.0)) * K20_STEP_S / 3600
 
 
-def fit(preset: Preset) -> tuple[dict[str, tuple[str, ...]], str]:
+def choose_cuts(preset: Preset) -> tuple[dict[str, tuple[str, ...]], str]:
     """(cuts, note): the PLAN's cuts for the whole study `preset` (every task and seed, the
     full budget) and what they are, in words, with the projections that decided them."""
     before = hours = projected_hours(preset)

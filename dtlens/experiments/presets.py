@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dtlens.errors import DtlensError
 from dtlens.experiments.laptop_budget import BUDGET_FILE, LAPTOP_TASKS, BudgetRule, read_budgets
-from dtlens.experiments.laptop_cuts import CUT_TASKS, fit
+from dtlens.experiments.laptop_cuts import CUT_TASKS, choose_cuts
 from dtlens.experiments.preset import Preset
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
@@ -93,9 +93,9 @@ def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = 
     medium datasets, `laptop_train_config`, each task's budget B from `dtlens laptop-budget`
     (`budget_file`), the controls synthetic, shuffled:text and matched:text as K=20 roles, seeds
     666, 42, 7, block replacement on every block, and language vs random with `--dt-init gpt2`
-    on Hopper. Conditions are cut on HalfCheetah and Walker2d by the PLAN's rule
-    (`dtlens.experiments.laptop_cuts.fit`, on the whole study: every task's budget) when `tasks`
-    include one of them."""
+    on Hopper. When `tasks` include HalfCheetah or Walker2d, the PLAN's rule cuts conditions
+    there (`dtlens.experiments.laptop_cuts.choose_cuts`, decided on the whole study: it needs
+    every task's budget)."""
     chosen = [t for t in tasks or LAPTOP_TASKS if t in LAPTOP_TASKS]  # narrow() names others
     preset = _laptop(read_budgets(chosen, budget_file))
     if not set(chosen) & set(CUT_TASKS):
@@ -104,7 +104,7 @@ def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = 
         whole = _laptop(read_budgets(LAPTOP_TASKS, budget_file))
     except DtlensError as e:
         raise DtlensError(f"{e} (the PLAN's cut rule projects the whole study)") from None
-    cuts, note = fit(whole)
+    cuts, note = choose_cuts(whole)
     return dataclasses.replace(preset, cuts=cuts, cut_note=note)
 
 

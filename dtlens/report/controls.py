@@ -139,16 +139,17 @@ def _comparisons(studies: list[Any], a: str, b: str) -> list[list[Any]]:
             continue
         agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect="two-sided")
         p = f"{agg.p:.3g}" if np.isfinite(agg.p) else "n/a"
-        readings = [
-            direction(per_task[s.label], a, b)
-            if s.label in per_task
-            else CUT
-            if a in s.cut or b in s.cut
-            else "-"
-            for s in studies
-        ]
+        readings = [_task_reading(per_task.get(s.label), s, a, b) for s in studies]
         rows.append([name, *readings, p, direction(agg, a, b), agg.verdict == "holds"])
     return rows
+
+
+def _task_reading(c: Comparison | None, study: Any, a: str, b: str) -> str:
+    """What `a` vs `b` shows on one task: its direction, `CUT` where the preset cut either of
+    them, '-' where either is missing otherwise."""
+    if c is not None:
+        return direction(c, a, b)
+    return CUT if a in study.cut or b in study.cut else "-"
 
 
 def peer_scores(root: Path, dataset: str) -> list[dict]:

@@ -187,7 +187,7 @@ def planned(keep, roles="main language", epochs=40) -> PlannedRun:
 
 def test_dry_run_projects_time_and_disk_of_a_run():
     r = planned((0, 1, 4, 10, 40))
-    assert r.checkpoints == [0, 1, 4, 10, 40] and r.evaluations == 40
+    assert r.checkpoints == [0, 1, 4, 10, 40] and r.cfg.evaluations == 40
     assert r.seconds == pytest.approx(40 * 10 * 0.5 + 40 * 100 * 0.01)
     captures = 2 * 5 * (12 + 1) * 60 * 768 * FLOAT32  # CKA: epochs 0 and last, 13 sites
     assert r.disk_bytes == 5 * 1000 * FLOAT32 + 2 * 1000 * FLOAT32 + captures

@@ -40,7 +40,10 @@ def budget_file(tmp_path):
         "rule": rule,
         "candidates": {"2500": {"error": 0.0104, "error_long": 0.01, "converged": True}},
     }
-    save_json({"hopper": hopper, "walker2d": {"chosen": 5000, "rule": rule}}, path)
+    others = {
+        t: {"chosen": b, "rule": rule} for t, b in (("halfcheetah", 2500), ("walker2d", 5000))
+    }
+    save_json({"hopper": hopper, **others}, path)
     return path
 
 
@@ -56,7 +59,9 @@ def test_laptop_preset_follows_the_plan(budget_file):
     assert preset.seeds == (666, 42, 7) and preset.block_swap_blocks is None
     hopper, walker = plan(preset)
     assert {k.role for k in hopper.main} == {*ROLES, "random gpt2-init", "language gpt2-init"}
-    assert {k.role for k in walker.main} == set(ROLES)  # the DT-init check is on Hopper only
+    # the DT-init check is on Hopper only; the study exceeds 8 h: walker2d loses the PLAN's cuts
+    assert "hopper" not in preset.cuts and preset.cuts["walker2d"]
+    assert {k.role for k in walker.main} == set(ROLES) - set(preset.cuts["walker2d"])
     for key, spec in hopper.main.items():
         cfg = spec.cfg
         assert cfg.epochs * cfg.steps_per_epoch == 2500 and cfg.context_len == 20
@@ -64,7 +69,7 @@ def test_laptop_preset_follows_the_plan(budget_file):
         assert (cfg.eval_episodes, cfg.eval_every) == (10, 10)  # after the last epoch
     gpt2 = hopper.main[RunKey("language gpt2-init", 7)]
     assert gpt2.cfg.init == "text" and gpt2.name.endswith("-dtgpt2")
-    assert walker.main[RunKey("shuffled:text", 42)].cfg.epochs == 10
+    assert walker.main[RunKey("random", 42)].cfg.epochs == 10
     assert {k.role for k in hopper.block_swap} == {
         "random",
         "block 0",

@@ -11,7 +11,7 @@ its parameter count, plus the CKA captures of the K=20 runs.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from dtlens.data.dataset import OfflineDataset
 from dtlens.data.registry import load_dataset
 from dtlens.data.windows import WindowSampler
 from dtlens.diagnostics.registry import DIAGNOSTICS
-from dtlens.experiments.presets import Preset
+from dtlens.experiments.preset import Preset
 from dtlens.experiments.reproduce import Plan, plan
 from dtlens.experiments.runs import RunSpec, choose_cluster
 from dtlens.model.config import BackboneConfig, DTConfig
@@ -62,13 +62,6 @@ class PlannedRun:
         return self.spec.cfg
 
     @property
-    def evaluations(self) -> int:
-        c = self.cfg
-        if c.eval_episodes == 0:
-            return 0
-        return sum(1 for e in range(1, c.epochs + 1) if e % c.eval_every == 0 or e == c.epochs)
-
-    @property
     def checkpoints(self) -> list[int]:
         """The epochs whose checkpoints remain when the run is done."""
         c = self.cfg
@@ -78,7 +71,7 @@ class PlannedRun:
     @property
     def seconds(self) -> float:
         c, t = self.cfg, self.time
-        eval_s = self.evaluations * c.eval_max_steps * t.eval_forward_s
+        eval_s = c.evaluations * c.eval_max_steps * t.eval_forward_s
         return c.epochs * c.steps_per_epoch * t.step_s + eval_s
 
     @property
@@ -102,6 +95,8 @@ class DryRun:
     diagnostics: list[tuple[str, str, int]]  # (task, diagnostic, how many results)
     device: str
     workers: int
+    cuts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # `Preset.cuts`
+    cut_note: str = ""  # `Preset.cut_note`
 
     @property
     def run_seconds(self) -> float:
@@ -119,17 +114,19 @@ class DryRun:
 
     def lines(self) -> list[str]:
         """The plan: per task its runs (steps, evaluations, kept checkpoints, time, disk) and
-        diagnostics; then the measured step time of each model size."""
-        out = []
+        diagnostics and what is cut there; then the measured step time of each model size."""
+        out = [f"cuts: {self.cut_note}"] if self.cut_note else []
         for task in dict.fromkeys(r.task for r in self.runs):
             runs = [r for r in self.runs if r.task == task]
             out.append(f"{task}: {len(runs)} fine-tuning runs")
+            if self.cuts.get(task):
+                out.append(f"  cut (the preset's rule, above): {', '.join(self.cuts[task])}")
             width = max(len(r.spec.name) for r in runs)
             for r in runs:
                 c = r.cfg
                 out.append(
                     f"  {r.spec.name:<{width}}  {c.epochs} x {c.steps_per_epoch} steps of "
-                    f"{c.batch_size}, {r.evaluations} x {c.eval_episodes} eval episodes of "
+                    f"{c.batch_size}, {c.evaluations} x {c.eval_episodes} eval episodes of "
                     f"<= {c.eval_max_steps} steps, keeps {','.join(map(str, r.checkpoints))}, "
                     f"{_duration(r.seconds)}, {r.disk_bytes / GB:.2f} GB  [{r.roles}]"
                 )
@@ -177,6 +174,8 @@ def dry_run(preset: Preset, workers: int | None = None, scheduler: str | None = 
         _diagnostics(preset, plans),
         device,
         max(1, choice.workers),
+        preset.cuts,
+        preset.cut_note,
     )
 
 

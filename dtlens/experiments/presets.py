@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from dtlens.diagnostics.contract import Settings
 from dtlens.errors import DtlensError
 from dtlens.experiments.laptop_budget import BUDGET_FILE, LAPTOP_TASKS, BudgetRule, read_budgets
+from dtlens.experiments.laptop_cuts import CUT_TASKS, choose_cuts
+from dtlens.experiments.preset import Preset
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
 from dtlens.train.device import check_device
@@ -20,41 +20,6 @@ from dtlens.train.device import check_device
 MINI_EPOCHS, MINI_STEPS, MINI_EVAL_EVERY = 5, 30, 5
 GPT2_SIZE = BackboneConfig(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, act_fn="gelu_new")
 PAPER_ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
-
-
-@dataclass(frozen=True)
-class Preset(Settings):
-    """Which runs and diagnostics a reproduction makes, per dataset; the diagnostics' settings
-    are those of `Settings`."""
-
-    name: str
-    datasets: dict[str, str]  # label -> dataset id or path
-    env_ids: dict[str, str | None]  # label -> gymnasium env for evaluation (None: the dataset's)
-    random: str  # the random init of the K=20 comparison
-    language: str  # the language-pretrained init (no-context, block-swap donor)
-    image: str  # the image-pretrained init
-    train: TrainConfig  # shared fine-tuning settings (K=20 runs)
-    seeds: tuple[int, ...] = (666,)
-    block_swap_epochs: dict[str, int] = field(default_factory=dict)  # label -> epochs (K=1)
-    block_swap_size: BackboneConfig = MINI  # the random model that receives a donor block
-    block_swap_blocks: tuple[int, ...] | None = None  # blocks that receive one (None: all)
-    probe_size: int = 100
-    #: More K=20 roles beside the three: role -> init (e.g. the controls of what pretraining gives).
-    extra: dict[str, str] = field(default_factory=dict)
-    #: label -> epochs of that dataset's runs (default: `train.epochs`).
-    task_epochs: dict[str, int] = field(default_factory=dict)
-    #: label -> roles rerun at K=20 with the DT's own layers initialised as GPT-2 (`--dt-init
-    #: gpt2`), as roles "<role> gpt2-init".
-    gpt2_init: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def inits(self) -> tuple[str, ...]:
-        return (self.random, self.language, self.image, *self.extra.values())
-
-    @property
-    def roles(self) -> dict[str, str]:
-        """Every K=20 role and its init."""
-        return {"random": self.random, "language": self.language, "image": self.image} | self.extra
 
 
 def mini() -> Preset:
@@ -103,16 +68,50 @@ def mini_tasks() -> Preset:
     )
 
 
+def laptop_train_config(epochs: int) -> TrainConfig:
+    """The laptop study's fine-tuning (results/laptop/PLAN.md): the paper's optimiser (lr 1e-4,
+    weight decay 1e-4, clip 0.25, batch 64, a 1,000-step warm-up then constant), mini's model
+    size, `epochs` epochs of 500 steps, 10 evaluation episodes after the last epoch only."""
+    return TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=BudgetRule().epoch_steps,
+        warmup_steps=1000,
+        lr=1e-4,
+        weight_decay=1e-4,
+        grad_clip=0.25,
+        batch_size=64,
+        eval_episodes=10,
+        eval_every=epochs,  # after the last epoch only
+        eval_max_steps=1000,
+        size=MINI,
+        seed=666,
+    )
+
+
 def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = None) -> Preset:
     """results/laptop/PLAN.md: `mini`'s backbones and model size on the three tasks' shipped
-    medium datasets, the paper's optimiser (lr 1e-4, a 1,000-step warm-up then constant), each
-    task's budget B from `dtlens laptop-budget` (`budget_file`; epochs of 500 steps), the
-    controls synthetic, shuffled:text and matched:text as K=20 roles, seeds 666, 42, 7, block
-    replacement on every block, and language vs random with `--dt-init gpt2` on Hopper."""
+    medium datasets, `laptop_train_config`, each task's budget B from `dtlens laptop-budget`
+    (`budget_file`), the controls synthetic, shuffled:text and matched:text as K=20 roles, seeds
+    666, 42, 7, block replacement on every block, and language vs random with `--dt-init gpt2`
+    on Hopper. When `tasks` include HalfCheetah or Walker2d, the PLAN's rule cuts conditions
+    there (`dtlens.experiments.laptop_cuts.choose_cuts`, decided on the whole study: it needs
+    every task's budget)."""
     chosen = [t for t in tasks or LAPTOP_TASKS if t in LAPTOP_TASKS]  # narrow() names others
+    preset = _laptop(read_budgets(chosen, budget_file))
+    if not set(chosen) & set(CUT_TASKS):
+        return preset  # Hopper keeps every condition
+    try:
+        whole = _laptop(read_budgets(LAPTOP_TASKS, budget_file))
+    except DtlensError as e:
+        raise DtlensError(f"{e} (the PLAN's cut rule projects the whole study)") from None
+    cuts, note = choose_cuts(whole)
+    return dataclasses.replace(preset, cuts=cuts, cut_note=note)
+
+
+def _laptop(budgets: dict[str, int]) -> Preset:
+    """The laptop preset, uncut, with the budget B (steps) of each task in `budgets`."""
     steps = BudgetRule().epoch_steps
-    epochs = {t: b // steps for t, b in read_budgets(chosen, budget_file).items()}
-    longest = max(epochs.values(), default=1)
+    epochs = {t: b // steps for t, b in budgets.items()}
     return Preset(
         name="laptop",
         datasets={t: f"mini/{t}-medium" for t in LAPTOP_TASKS},
@@ -121,20 +120,7 @@ def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = 
         language="text",
         image="image",
         extra={c: c for c in ("synthetic", "shuffled:text", "matched:text")},
-        train=TrainConfig(
-            epochs=longest,
-            steps_per_epoch=steps,
-            warmup_steps=1000,
-            lr=1e-4,
-            weight_decay=1e-4,
-            grad_clip=0.25,
-            batch_size=64,
-            eval_episodes=10,
-            eval_every=longest,  # after the last epoch only
-            eval_max_steps=1000,
-            size=MINI,
-            seed=666,
-        ),
+        train=laptop_train_config(max(epochs.values(), default=1)),
         seeds=(666, 42, 7),
         task_epochs=epochs,
         block_swap_epochs=epochs,

@@ -20,7 +20,7 @@ from pathlib import Path
 from dtlens.data.registry import load_dataset
 from dtlens.diagnostics.contract import GROUP_CONTEXT, RunGroup, RunKey
 from dtlens.errors import DtlensError
-from dtlens.experiments.presets import Preset
+from dtlens.experiments.preset import Preset
 from dtlens.experiments.runs import RunOutcome, RunSpec, execute
 from dtlens.experiments.studies import block_swap_specs, spec_for
 from dtlens.interp.analyses import READS as INTERP_READS
@@ -68,11 +68,13 @@ class Plan:
 
 
 def plan(preset: Preset) -> list[Plan]:
-    """Every compared condition with every seed of the preset. Each run keeps the checkpoints
+    """Every compared condition with every seed of the preset but those cut on a dataset
+    (`Preset.cuts`: a run shared with a condition not cut stays). Each run keeps the checkpoints
     its diagnostics read (`kept_epochs`) and its latest."""
     roles = preset.roles
     plans = []
     for label, dataset in preset.datasets.items():
+        cut = preset.cuts.get(label, ())
         base = preset.train.replace(
             dataset=dataset,
             env_id=preset.env_ids.get(label),
@@ -83,7 +85,8 @@ def plan(preset: Preset) -> list[Plan]:
         for seed in preset.seeds:
             cfg = base.replace(seed=seed, context_len=20)
             for who, init in roles.items():
-                main[RunKey(who, seed)] = spec_for(cfg.replace(init=init))
+                if who not in cut:
+                    main[RunKey(who, seed)] = spec_for(cfg.replace(init=init))
             gpt2_init = cfg.replace(dt=dataclasses.replace(cfg.dt, dt_init="gpt2"))
             for who in preset.gpt2_init.get(label, ()):
                 main[RunKey(f"{who} gpt2-init", seed)] = spec_for(
@@ -105,7 +108,8 @@ def plan(preset: Preset) -> list[Plan]:
             k = GROUP_CONTEXT["block_swap"]
             specs = block_swap_specs(swap_base, preset.language, blocks, context=k)
             for variant, spec in specs.items():
-                swap[RunKey(variant, seed, k)] = spec
+                if variant not in cut:
+                    swap[RunKey(variant, seed, k)] = spec
         plans.append(_keeping_epochs(preset, Plan(label, main, no_context, no_clip, swap)))
     return plans
 
@@ -201,6 +205,8 @@ def _reproduce(
         | {
             "inits": preset.roles,
             "roles": {p.label: p.roles() for p in plans},
+            "cuts": {p.label: list(preset.cuts[p.label]) for p in plans if p.label in preset.cuts},
+            "cut_note": preset.cut_note,
         },
         out / "reproduce.json",
     )

@@ -52,6 +52,10 @@ def check_donor(donor: str, size: BackboneConfig, imagegpt_norm: str = "rms") ->
     return theirs
 
 
+#: The block-replacement run whose block N comes from the donor: its label ("block 3").
+BLOCK = "block {}"
+
+
 def block_swap_specs(
     base: TrainConfig,
     donor: str,
@@ -79,7 +83,7 @@ def block_swap_specs(
             run = cfg.replace(init=donor)
         else:
             run = cfg.replace(init="random", replace_block=b, donor=donor)
-        specs[f"block {b}"] = spec_for(run)
+        specs[BLOCK.format(b)] = spec_for(run)
     specs["donor"] = spec_for(cfg.replace(init=donor))
     return specs
 

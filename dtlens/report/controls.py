@@ -27,6 +27,9 @@ CONTROLS = {
     "shuffled:text": ("the language weights' values and statistics", "their learned arrangement"),
     "matched:text": ("each language tensor's mean and scale", "everything else in the weights"),
 }
+#: A table cell of a condition the preset cut on that task (`Preset.cuts`; the report's first
+#: lines say which and why).
+CUT = "cut (PLAN)"
 
 
 def _statistics(study: Any) -> dict[str, Callable[[Path | None], float]]:
@@ -73,13 +76,21 @@ def controls_section(doc: Doc, studies: list[Any]) -> None:
         doc.table(["statistic", *[s.label for s in studies], "p (across tasks)", "across tasks"],
                   [r[:-1] for r in rows])  # fmt: skip
         doc.p(f"*{control}* keeps {keeps}, not {lacks}.")
+        ran = [s.label for s in studies if control in s.roles]
+        cut = [s.label for s in studies if control in s.cut]
+        across = "across tasks" if len(ran) == len(studies) else f"on {', '.join(ran)}"
+        if cut:
+            doc.p(
+                f"*{control}* was cut on {', '.join(cut)} (see the first lines): 'across tasks' "
+                f"combines {', '.join(ran)} only."
+            )
         doc.bullets(
             [
-                f"{name}: {shown} across tasks (p {p}): {lacks} matters here; {keeps} alone "
+                f"{name}: {shown} {across} (p {p}): {lacks} matters here; {keeps} alone "
                 "does not reproduce language's value."
                 if holds
-                else f"{name}: no difference shown (p {p}): {keeps} may suffice; a claim that "
-                f"needs {lacks} is not supported by this statistic."
+                else f"{name}: no difference shown {across} (p {p}): {keeps} may suffice; a "
+                f"claim that needs {lacks} is not supported by this statistic."
                 for name, *_, p, shown, holds in rows
             ]
         )
@@ -128,11 +139,17 @@ def _comparisons(studies: list[Any], a: str, b: str) -> list[list[Any]]:
             continue
         agg = aggregate({t: (c.a, c.b) for t, c in per_task.items()}, expect="two-sided")
         p = f"{agg.p:.3g}" if np.isfinite(agg.p) else "n/a"
-        readings = [
-            direction(per_task[s.label], a, b) if s.label in per_task else "-" for s in studies
-        ]
+        readings = [_task_reading(per_task.get(s.label), s, a, b) for s in studies]
         rows.append([name, *readings, p, direction(agg, a, b), agg.verdict == "holds"])
     return rows
+
+
+def _task_reading(c: Comparison | None, study: Any, a: str, b: str) -> str:
+    """What `a` vs `b` shows on one task: its direction, `CUT` where the preset cut either of
+    them, '-' where either is missing otherwise."""
+    if c is not None:
+        return direction(c, a, b)
+    return CUT if a in study.cut or b in study.cut else "-"
 
 
 def peer_scores(root: Path, dataset: str) -> list[dict]:

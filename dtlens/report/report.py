@@ -23,7 +23,7 @@ from dtlens.diagnostics.registry import DIAGNOSTICS
 from dtlens.interp.registry import ANALYSES
 from dtlens.io import load_json, write_atomic
 from dtlens.report.components import components_section, direction
-from dtlens.report.controls import controls_section, peer_scores
+from dtlens.report.controls import CUT, controls_section, peer_scores
 from dtlens.report.convergence import convergence_section
 from dtlens.report.document import Doc
 from dtlens.report.interventions import policy_section
@@ -65,8 +65,18 @@ def verdict_text(c: Comparison) -> str:
 class Study:
     """One dataset's results inside a reproduction folder, read by group, role and seed."""
 
-    def __init__(self, root: Path, label: str, roles: dict, inits: dict, dataset: str = ""):
+    def __init__(
+        self,
+        root: Path,
+        label: str,
+        roles: dict,
+        inits: dict,
+        dataset: str = "",
+        cut: tuple[str, ...] = (),
+    ):
         self.root, self.label, self.inits, self.dataset = root, label, inits, dataset
+        #: The conditions the preset cut on this dataset (`Preset.cuts`): no runs.
+        self.cut = cut
         #: Run names by group and key (reproduce.json's "roles", `RunKey.label` parsed back).
         self.names: dict[str, dict[RunKey, str]] = {
             group: {RunKey.parse(label, group): name for label, name in runs.items()}
@@ -147,6 +157,8 @@ def write_report(root: str | Path) -> Path:
     )
     if "command" in meta:
         doc.p(f"Command: `{meta['command']}`")
+    if meta.get("cut_note"):
+        doc.p(f"Conditions: {meta['cut_note']}.")
     doc.p(
         "Each verdict compares per-seed values of one statistic between two inits with "
         "`dtlens.stats.compare`: **holds** when the 95% interval of the difference of means "
@@ -161,7 +173,14 @@ def write_report(root: str | Path) -> Path:
     summary: list[list[object]] = []
     by_finding: dict[str, dict[str, Comparison]] = {}  # diagnostic -> task -> comparison
     studies = [
-        Study(root, label, roles, meta["inits"], meta["datasets"].get(label, ""))
+        Study(
+            root,
+            label,
+            roles,
+            meta["inits"],
+            meta["datasets"].get(label, ""),
+            tuple(meta.get("cuts", {}).get(label, ())),
+        )
         for label, roles in meta["roles"].items()
     ]
     convergence_section(doc, root, studies)
@@ -210,7 +229,8 @@ def _table1_tasks(doc: Doc, studies: list[Study]) -> None:
         row: list[object] = [who]
         for s in studies:
             here = [s.final_score(s.run_dir("main", who, seed))[0] for seed in s.seeds]
-            row += [_pm(*_mean_std(here)), _pm(*TABLE1.get(s.label, {}).get(who, (None, None)))]
+            paper = _pm(*TABLE1.get(s.label, {}).get(who, (None, None)))
+            row += [CUT if who in s.cut else _pm(*_mean_std(here)), paper]
         rows.append(row)
     header = ["init"] + [f"{s.label} ({src})" for s in studies for src in ("here", "paper")]
     doc.table(header, rows)
@@ -261,6 +281,7 @@ def _across_tasks(doc: Doc, by_finding: dict[str, dict[str, Comparison]], tasks:
 def _table1(doc: Doc, s: Study) -> None:
     doc.h("Normalized score (Table 1)", 3)
     paper, paper_k1 = TABLE1.get(s.label, {}), TABLE1_K1.get(s.label, {})
+    cut = [who for who in s.cut if who in s.inits]  # the K=20 roles cut here
     rows = []
     for who in s.roles:
         last = [s.final_score(s.run_dir("main", who, seed)) for seed in s.seeds]
@@ -277,6 +298,7 @@ def _table1(doc: Doc, s: Study) -> None:
                 _pm(*paper_k1.get(who, (None, None))) if who in ("random", "language") else "-",
             ]
         )
+    rows += [[who, CUT, "-", "-", _pm(*paper.get(who, (None, None))), "-", "-"] for who in cut]
     doc.table(
         [
             "init",

@@ -177,6 +177,15 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the run evaluates its policy after `epoch` (every `eval_every` and the last)."""
+        return self.eval_episodes > 0 and (epoch % self.eval_every == 0 or epoch == self.epochs)
+
+    @property
+    def evaluations(self) -> int:
+        """How many evaluations the run makes."""
+        return sum(map(self.evaluates, range(1, self.epochs + 1)))
+
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

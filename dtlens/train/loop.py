@@ -192,7 +192,7 @@ def _train(
                 "action_error": float(np.mean(log.loss)),
                 "train_time_s": time.perf_counter() - t0,
             }
-            if cfg.eval_episodes > 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            if cfg.evaluates(epoch):
                 with autocast(device, cfg.precision):
                     res = evaluate(
                         model,

@@ -75,9 +75,9 @@ def train_cmd(
 
 def print_summary(run) -> None:
     """One screen: the run's config and its per-epoch metrics."""
-    import xarray as xr
+    from dtlens.io import open_netcdf  # torch and xarray: not at the CLI's start-up
 
-    with xr.open_dataset(run.path / "metrics.nc") as ds:
+    with open_netcdf(run.path / "metrics.nc") as ds:
         ds = ds.load()
     t = run.train_config
     console.print(

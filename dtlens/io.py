@@ -12,12 +12,14 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import xarray as xr
 from safetensors.torch import load_file, save_file
 
 from dtlens.errors import DtlensError
@@ -129,6 +131,21 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise DtlensError(f"{path}: not a safetensors file ({e})") from None
 
 
+#: netCDF-C and HDF5 are not thread-safe, and xarray's own lock leaves a file's opening (reading
+#: its variables' metadata) unguarded: two threads opening files at once (the explorer's request
+#: threads) crash the process with a segmentation fault or bus error. dtlens opens, reads and
+#: writes netCDF files under this one lock (reentrant: xarray takes it again inside).
+NETCDF_LOCK = threading.RLock()
+
+
+def open_netcdf(path: str | os.PathLike) -> xr.Dataset:
+    """`xr.open_dataset(path)` (netCDF4, lazy; close it or use `with`) whose opening and later
+    reads hold `NETCDF_LOCK`."""
+    with NETCDF_LOCK:
+        return xr.open_dataset(path, engine="netcdf4", lock=NETCDF_LOCK)
+
+
 def save_netcdf(ds, path: str | os.PathLike) -> Path:
     """Write an xarray Dataset to netCDF (float32 stays float32), atomically."""
-    return write_atomic(path, lambda p: ds.to_netcdf(p, engine="netcdf4"))
+    with NETCDF_LOCK:
+        return write_atomic(path, lambda p: ds.to_netcdf(p, engine="netcdf4"))

@@ -335,3 +335,33 @@ def test_ensure_capture_recaptures_other_samples_checkpoint_or_truncation(run):
     assert "unreadable (truncated?)" in heard[-1]
     with load_capture(path) as ds:
         assert {"resid_post", "tokens"} <= set(ds.data_vars) and ds.sizes["sample"] == 6
+
+
+CONCURRENT_READS = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np, xarray as xr
+from dtlens.io import open_netcdf, save_netcdf
+paths = [
+    save_netcdf(xr.Dataset({f"v{j}": ("x", np.arange(50.0) + j) for j in range(40)}),
+                f"{sys.argv[1]}/f{i}.nc")
+    for i in range(4)
+]
+def read(k):
+    with open_netcdf(paths[k % 4]) as ds:
+        return float(ds.load()["v3"].sum())
+with ThreadPoolExecutor(8) as pool:
+    assert set(pool.map(read, range(200))) == {float(np.arange(50.0).sum() + 150)}
+print("read")
+"""
+
+
+def test_netcdf_files_open_from_many_threads_at_once(tmp_path):
+    """The explorer's request threads open results concurrently: unguarded, netCDF-C/HDF5 crash
+    the process (segmentation fault, bus error) within a few hundred opens; `open_netcdf` holds
+    one lock. In a subprocess, so that a crash fails this test instead of killing the worker."""
+    done = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_READS, str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "read", done.stderr[-2000:]

@@ -17,7 +17,7 @@ import xarray as xr
 from dtlens.capture.activations import DEFAULT_HOOKS, Attrs, capture, update_hash
 from dtlens.data.windows import Batch
 from dtlens.errors import DtlensError
-from dtlens.io import atomic_path, save_netcdf
+from dtlens.io import atomic_path, open_netcdf, save_netcdf
 from dtlens.model.dt import DecisionTransformer
 
 
@@ -33,7 +33,7 @@ def load_capture(path: str | os.PathLike) -> xr.Dataset:
         raise DtlensError(f"{path}: file not found")
     unreadable = f"{path} is unreadable (truncated?): delete it or run capture again"
     try:
-        ds = xr.open_dataset(path, engine="netcdf4")
+        ds = open_netcdf(path)
     except PermissionError:
         raise
     except (OSError, ValueError):  # netCDF4/HDF5 refuse a truncated or foreign file at open

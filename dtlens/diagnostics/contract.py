@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from dtlens.errors import DtlensError
-from dtlens.io import save_netcdf
+from dtlens.io import open_netcdf, save_netcdf
 from dtlens.stats import Comparison, Expect, compare
 
 T = TypeVar("T")
@@ -191,7 +191,7 @@ class Diagnostic:
         if not path.is_file():
             return None
         try:
-            with xr.open_dataset(path) as ds:
+            with open_netcdf(path) as ds:
                 return ds.load()
         except (OSError, ValueError) as e:
             raise DtlensError(f"{path}: unreadable ({e}); delete it and compute it again") from None

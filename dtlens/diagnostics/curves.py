@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from dtlens.io import open_netcdf
 from dtlens.train.run import Run
 
 CURVES = ("action_error", "return_mean", "score_mean")
@@ -35,7 +36,7 @@ def steps_to_fraction(loss: np.ndarray, fraction: float = 0.9, alpha: float = 0.
 
 def run_curves(run: Run) -> xr.Dataset:
     """A run's per-epoch curves (action error, return, normalized score) and per-step loss."""
-    with xr.open_dataset(run.path / "metrics.nc") as ds:
+    with open_netcdf(run.path / "metrics.nc") as ds:
         ds = ds.load()
     keep = [v for v in (*CURVES, "loss") if v in ds]
     return ds[keep]

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from dtlens.errors import DtlensError
-from dtlens.io import load_json, save_json
+from dtlens.io import load_json, open_netcdf, save_json
 from dtlens.model.config import MINI
 from dtlens.paths import cache_root
 from dtlens.train.config import TrainConfig
@@ -186,7 +185,7 @@ def _epochs_done(path: Path) -> int:
 
 
 def _action_error(path: Path) -> np.ndarray:
-    with xr.open_dataset(path / "metrics.nc") as ds:
+    with open_netcdf(path / "metrics.nc") as ds:
         return ds.action_error.values.astype(float)
 
 

@@ -29,7 +29,7 @@ from dtlens.explore.jobs import Progress, file_lock
 from dtlens.interp.analyses import patching
 from dtlens.interp.inputs import token_labels
 from dtlens.interp.registry import INTERP
-from dtlens.io import load_json
+from dtlens.io import load_json, open_netcdf
 from dtlens.report.report import ROLES, Study
 from dtlens.train.run import Run
 
@@ -180,7 +180,7 @@ def _saved(path: Path, epoch: int) -> xr.Dataset | None:
     """The result at `path` if it is of `epoch` (CKA: between epoch 0 and `epoch`)."""
     if not path.is_file():
         return None
-    with xr.open_dataset(path) as ds:
+    with open_netcdf(path) as ds:
         attrs = ds.attrs
         if "epoch_b" in attrs:
             ok = int(attrs["epoch_a"]) == 0 and int(attrs["epoch_b"]) == epoch
@@ -277,7 +277,7 @@ DESCRIBE: dict[str, Callable[[xr.Dataset], dict]] = {
 
 def training_gradients(run: Run) -> dict:
     """The gradient norm (before clipping) and clip coefficient of every training step."""
-    with xr.open_dataset(run.path / "metrics.nc") as m:
+    with open_netcdf(run.path / "metrics.nc") as m:
         kept = [k for k in ("grad_norm", "clip_coef") if k in m]
         return {"step": m["step"].values, **{k: _round(m[k].values, 5) for k in kept}}
 
@@ -288,7 +288,7 @@ def ablation(run: Run) -> dict:
     path = run.path / "diagnostics" / f"{ABLATION}.nc"
     if not path.is_file():
         return {"available": False, "message": f"not computed: run `dtlens ablation {run.path}`"}
-    with xr.open_dataset(path) as ds:
+    with open_netcdf(path) as ds:
         ci = ds["score_change_ci"]
         return {
             "available": True,

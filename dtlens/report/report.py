@@ -21,7 +21,7 @@ from dtlens.diagnostics.claims import TABLE1, TABLE1_K1
 from dtlens.diagnostics.contract import GROUP_CONTEXT, Diagnostic, Finding, RunGroup, RunKey, Table
 from dtlens.diagnostics.registry import DIAGNOSTICS
 from dtlens.interp.registry import ANALYSES
-from dtlens.io import load_json, write_atomic
+from dtlens.io import load_json, open_netcdf, write_atomic
 from dtlens.report.components import components_section, direction
 from dtlens.report.controls import CUT, controls_section, peer_scores
 from dtlens.report.convergence import convergence_section
@@ -37,7 +37,7 @@ EXPLORER_PORT = 8765
 def _open(path: Path) -> xr.Dataset | None:
     if not path.is_file():
         return None
-    with xr.open_dataset(path) as ds:
+    with open_netcdf(path) as ds:
         return ds.load()
 
 

@@ -28,7 +28,7 @@ from dtlens.data.dataset import OfflineDataset
 from dtlens.data.scores import target_return as default_target_return
 from dtlens.data.windows import WindowSampler, probe_batch, save_batch
 from dtlens.errors import DtlensError
-from dtlens.io import load_tensors, save_json, save_netcdf, save_tensors
+from dtlens.io import load_tensors, open_netcdf, save_json, save_netcdf, save_tensors
 from dtlens.locks import folder_lock
 from dtlens.model.backbones import read_header
 from dtlens.model.checkpoint import load_model, save_model
@@ -393,7 +393,7 @@ def _read_metrics(out: Path, epoch: int, steps_per_epoch: int) -> tuple[StepLog,
     path = out / "metrics.nc"
     if epoch == 0 or not path.is_file():
         return StepLog([], [], [], []), []
-    with xr.open_dataset(path) as ds:
+    with open_netcdf(path) as ds:
         ds = ds.load()
     n = epoch * steps_per_epoch
     steps = StepLog(*(ds[k].values[:n].tolist() for k in ("loss", "lr", "grad_norm", "clip_coef")))

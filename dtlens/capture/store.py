@@ -17,7 +17,7 @@ import xarray as xr
 from dtlens.capture.activations import DEFAULT_HOOKS, Attrs, capture, update_hash
 from dtlens.data.windows import Batch
 from dtlens.errors import DtlensError
-from dtlens.io import atomic_path, open_netcdf, save_netcdf
+from dtlens.io import NETCDF_LOCK, atomic_path, open_netcdf, save_netcdf
 from dtlens.model.dt import DecisionTransformer
 
 
@@ -82,15 +82,16 @@ def capture_to_netcdf(
         for batch in batches:
             ds = capture(model, batch, hooks, batch_size, attrs)
             ds = ds.assign_coords(sample=ds["sample"] + n)
-            if n == 0:
-                ds.to_netcdf(tmp, engine="netcdf4")
-            else:
-                _append(tmp, ds)
+            with NETCDF_LOCK:  # netCDF-C/HDF5 are not thread-safe (dtlens.io)
+                if n == 0:
+                    ds.to_netcdf(tmp, engine="netcdf4")
+                else:
+                    _append(tmp, ds)
             update_hash(digest, batch)
             n += len(batch)
         if n == 0:
             raise DtlensError("nothing to capture: no samples")
-        with netCDF4.Dataset(tmp, "a") as nc:
+        with NETCDF_LOCK, netCDF4.Dataset(tmp, "a") as nc:
             nc.setncattr("probe_hash", digest.hexdigest())
             nc.setncattr("samples", n)
     return Path(path)

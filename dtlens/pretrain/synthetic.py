@@ -28,14 +28,11 @@ from dtlens.pretrain.loop import (
     pretrain,
     pretrain_until_plateau,
 )
+from dtlens.pretrain.text import BATCH_SIZE, FAMILY, LR, N_CTX  # the text LM and its optimiser
 
-FAMILY = "gpt2"
 STATES = 100
 ORDER = 1
 TEMPERATURE = 1.0
-N_CTX = 128
-BATCH_SIZE = 32
-LR = 2e-3
 HELDOUT_ROWS = 256
 #: Training sequences of a token-budget run: 2**18 x 128 = 33.6 M tokens, 67 MB as int16.
 POOL_ROWS = 2**18

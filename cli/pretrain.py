@@ -61,7 +61,7 @@ def text_cmd(
         raise DtlensError(f"unknown corpus {corpus!r}: expected debian-docs or pydoc")
     run = LongRun(seed=seed)
     result = text.build_until_plateau(
-        run, out, max_steps=steps, command=_command("text", seed, out), log=_log
+        run, out, max_steps=steps, command=_command("text", seed, out, threads), log=_log
     )
     _report("text", result)
 
@@ -94,7 +94,7 @@ def image_cmd(
         raise DtlensError(f"unknown corpus {corpus!r}: expected fashion-mnist or digits")
     run = dataclasses.replace(image.FASHION_RUN, seed=seed)
     result = image.build_until_plateau(
-        run, out, max_steps=steps, command=_command("image", seed, out), log=_log
+        run, out, max_steps=steps, command=_command("image", seed, out, threads), log=_log
     )
     _report("image", result)
 
@@ -137,7 +137,7 @@ def synthetic_cmd(
         flags = f" --tokens {tokens} --states {states} --order {order} --temperature {temperature}"
         result = synthetic.build_for_tokens(
             tokens, LongRun(seed=seed), out, **chain, max_steps=steps,
-            command=_command("synthetic", seed, out, flags), log=_log,
+            command=_command("synthetic", seed, out, threads, flags), log=_log,
         )  # fmt: skip
     _report("synthetic", result)
 
@@ -149,10 +149,12 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _command(kind: str, seed: int, out: Path | None, flags: str = "") -> str:
+def _command(kind: str, seed: int, out: Path | None, threads: int | None, flags: str = "") -> str:
+    """The command that rebuilds a long run (the thread count too: it changes CPU sums' order)."""
     return (
         f"dtlens pretrain {kind}{flags}"
         + f" --seed {seed}" * (seed != 0)
+        + f" --threads {threads}" * (threads is not None)
         + f" --out {out}" * bool(out)
     )
 

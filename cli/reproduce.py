@@ -38,6 +38,11 @@ def reproduce_cmd(
     budget: str = typer.Option(DEFAULT_BUDGET, help=BUDGET_HELP),
     tasks: str = typer.Option(None, help="Only these tasks, e.g. hopper,walker2d (default: all)."),
     seeds: str = typer.Option(None, help="Only these seeds, e.g. 666 (default: the preset's)."),
+    controls: str = typer.Option(
+        None,
+        help="Only these of the preset's controls (K=20 inits beside random, language and image), "
+        "e.g. synthetic,shuffled:text; 'none' for none (default: the preset's).",
+    ),
     dry_run: bool = flag(
         False, "--dry-run", help="Print the plan, projected time and disk use; write nothing."
     ),
@@ -69,8 +74,9 @@ def reproduce_cmd(
         imagegpt,
         d4rl_dir,
         device,
-        tasks=None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()],
+        tasks=_names(tasks),
         seeds=None if seeds is None else parse_int_list(seeds),
+        controls=_names(controls),
         precision=precision,
         deterministic=deterministic,
         budget_file=budget_file,
@@ -91,6 +97,13 @@ def reproduce_cmd(
         save_json(load_json(out / "reproduce.json") | {"command": command}, out / "reproduce.json")
     report = write_report(out)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
+
+
+def _names(listed: str | None) -> list[str] | None:
+    """A comma-separated option's names ('none': no names; None: the preset's)."""
+    if listed is None:
+        return None
+    return [] if listed.strip() == "none" else [n.strip() for n in listed.split(",") if n.strip()]
 
 
 def show_dry_run(chosen, workers: int | None, scheduler: str | None) -> None:

@@ -12,7 +12,8 @@ environment restarts its episode; nothing else is lost). Training ends at `--tim
 export runs once training has ended (`--export-only` forces it); SIGTERM or SIGINT saves the state
 and stops. Then the replay buffer is written to `OUT/replay.hdf5` (D4RL layout) and `export` picks
 the *expert* (the best of the 5 top checkpoints re-evaluated over 10 fresh episodes) and the
-*medium* (the earlier checkpoint nearest a third of the expert's return that moves forward),
+*medium* (the earlier checkpoint that moves forward nearest to where D4RL's medium data sit
+relative to its expert data: `D4RL_MEDIUM_FRACTION` of the expert's normalized score),
 evaluates both over 10 episodes, writes them to `dtlens/assets/policies/` and the replay buffer up
 to the medium checkpoint to `OUT/<env>-medium-replay.hdf5`. `export` can be rerun alone:
 
@@ -45,6 +46,12 @@ from dtlens.stopping import stop_signal
 
 #: Evaluations in a row at or above `--target-score` that end training (5-episode means are noisy).
 TARGET_EVALS = 2
+#: D4RL's medium-v2 data as a fraction of its expert-v2 data, in normalized score (D4RL's dataset
+#: statistics: hopper ~44 / ~108, halfcheetah ~41 / ~93, walker2d ~62 / ~108): D4RL's "a third of
+#: the expert" in raw return lands at 0.4-0.6 of the expert's normalized score. The medium
+#: checkpoint is taken there, within `MEDIUM_TOLERANCE`.
+D4RL_MEDIUM_FRACTION = {"hopper": 44 / 108, "halfcheetah": 41 / 93, "walker2d": 62 / 108}
+MEDIUM_TOLERANCE = 0.1
 BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
@@ -252,18 +259,25 @@ def pick_expert(rows: list[dict], out: Path, env_id: str, top: int = 5) -> dict:
 
 
 def pick_medium(rows: list[dict], expert: dict, out: Path, env_id: str) -> dict:
-    """The earlier checkpoint nearest a third of the expert's return that moves forward: a
-    policy that only balances in place earns ~1 per step and fills a dataset with standing."""
-    expert_return = expert["selection_return_mean"]
+    """The earlier checkpoint nearest `D4RL_MEDIUM_FRACTION` of the expert's normalized score
+    that moves forward: a policy that only balances in place earns ~1 per step and fills a
+    dataset with standing."""
+    fraction = D4RL_MEDIUM_FRACTION[env_id.split("-")[0].lower()]
+    target = fraction * normalized_score(env_id, expert["selection_return_mean"])
     earlier = [r for r in rows if r["step"] < expert["step"]]
-    for row in sorted(earlier, key=lambda r: abs(r["return_mean"] - expert_return / 3)):
+    for row in sorted(
+        earlier, key=lambda r: abs(normalized_score(env_id, r["return_mean"]) - target)
+    ):
         policy = MLPPolicy.load(out / "checkpoints" / f"step-{row['step']:08d}")
         stats = rollout_stats(policy, env_id, episodes=10, seed=20_000)
         row["selection_return_mean"] = float(stats["returns"].mean())
-        fraction = row["selection_return_mean"] / expert_return
-        if stats["x_position"].mean() > 1.0 and 0.2 < fraction < 0.5:
+        score = normalized_score(env_id, row["selection_return_mean"])
+        if stats["x_position"].mean() > 1.0 and abs(score - target) <= MEDIUM_TOLERANCE * target:
             return row
-    raise SystemExit("no checkpoint between 20% and 50% of the expert's return moves forward")
+    raise SystemExit(
+        f"no earlier checkpoint within {MEDIUM_TOLERANCE:.0%} of {target:.1f} normalized "
+        f"({fraction:.2f} of the expert's) moves forward"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

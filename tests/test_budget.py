@@ -207,7 +207,8 @@ def test_dry_run_cli_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch):
     for spec in p.specs():
         assert spec.name in result.output
     assert "projected" in result.output and "GB" in result.output and "s / step" in result.output
-    assert "diagnostics: cka x3, mutual_info x3, weights x3, gradients x3, attention x2" in (
+    # the three inits and the three controls
+    assert "diagnostics: cka x6, mutual_info x6, weights x6, gradients x6, attention x2" in (
         result.output
     )
     assert list(tmp_path.iterdir()) == []

@@ -78,10 +78,24 @@ def test_laptop_preset_follows_the_plan(budget_file):
         "donor",
     }
     assert set(hopper.no_clip) == {RunKey("image", s) for s in preset.seeds}
-    # mini keeps its plan: no extra role, its own names
+    # mini has the controls too, under its own names; --controls none leaves them out
     (mini,) = plan(presets.mini())
-    assert {k.role for k in mini.main} == {"random", "language", "image"}
+    assert {k.role for k in mini.main} == set(ROLES)
     assert mini.main[RunKey("random", 666)].name == "random-K20-e5-s666"
+    (demo,) = plan(presets.narrow(presets.mini(), controls=[]))
+    assert {k.role for k in demo.main} == {"random", "language", "image"}
+    (one,) = plan(presets.narrow(presets.mini(), controls=["matched:text"]))
+    assert {k.role for k in one.main} == {"random", "language", "image", "matched:text"}
+
+
+def test_an_unknown_control_is_one_line():
+    args = ["reproduce", "--preset", "mini", "--dry-run", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--controls", "shuffled:image"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: --controls shuffled:image: the mini preset's controls are synthetic, "
+        "shuffled:text, matched:text"
+    )
 
 
 def test_laptop_without_a_budget_is_one_line(tmp_path):

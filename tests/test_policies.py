@@ -79,10 +79,15 @@ def test_cli_collect_with_an_unknown_policy_is_one_line(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_policy_training_ends_at_the_target_on_consecutive_evaluations():
+def _train_policies_script():
     spec = importlib.util.spec_from_file_location("train_policies", SCRIPTS / "train_policies.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_policy_training_ends_at_the_target_on_consecutive_evaluations():
+    script = _train_policies_script()
     at = {"return_mean": 9652.0}  # HalfCheetah: normalized 80.0
     below = {"return_mean": 9600.0}
     assert script.TARGET_EVALS == 2
@@ -90,3 +95,31 @@ def test_policy_training_ends_at_the_target_on_consecutive_evaluations():
     assert not script.target_reached([at, below], "HalfCheetah-v5", 80.0)
     assert not script.target_reached([at], "HalfCheetah-v5", 80.0)  # one evaluation is noise
     assert not script.target_reached([at, at], "HalfCheetah-v5", None)  # no target: timesteps
+
+
+def test_the_medium_checkpoint_sits_where_d4rl_medium_sits_relative_to_expert(monkeypatch):
+    import numpy as np
+
+    from dtlens.data.scores import REF_MIN_MAX
+
+    script = _train_policies_script()
+    lo, hi = REF_MIN_MAX["halfcheetah"]
+    ret = {n: lo + n / 100 * (hi - lo) for n in (20, 30, 36, 39, 60, 85)}  # normalized -> return
+    rows = [{"step": 10_000 * i, "return_mean": ret[n]} for i, n in enumerate((20, 30, 36, 39, 60))]
+    # D4RL's halfcheetah medium sits at 41/93 of its expert: target 37.5 for an expert at 85
+    expert = {"step": 100_000, "selection_return_mean": ret[85]}
+    forward = dict.fromkeys(ret.values(), 5.0) | {ret[36]: 0.5}  # 36 only balances in place
+
+    def rollout_stats(policy, env_id, episodes, seed):  # a checkpoint's return stands for it
+        return {
+            "returns": np.full(episodes, policy),
+            "x_position": np.full(episodes, forward[policy]),
+        }
+
+    by_step = {r["step"]: r["return_mean"] for r in rows}
+    monkeypatch.setattr(script.MLPPolicy, "load", lambda path: by_step[int(path.name[5:])])
+    monkeypatch.setattr(script, "rollout_stats", rollout_stats)
+    picked = script.pick_medium(rows, expert, Path("/none"), "HalfCheetah-v5")
+    assert picked["step"] == 30_000  # normalized 39: 36 stands still, 30 is 20% off the target
+    with pytest.raises(SystemExit, match="no earlier checkpoint within 10% of 37.5"):
+        script.pick_medium(rows[:3], expert, Path("/none"), "HalfCheetah-v5")

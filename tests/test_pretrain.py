@@ -176,3 +176,17 @@ def test_a_shipped_backbone_that_differs_from_its_manifest_is_refused(tmp_path, 
     entry["sha256"] = dtlens.io.file_sha256(assets / "image.safetensors")
     (assets / "manifest.json").write_text(json.dumps({"image": entry}))
     assert resolve_backbone("image").cfg.normalization_type == "RMS"
+
+
+@pytest.mark.parametrize("name", ["text", "image"])
+def test_the_embedded_backbones_are_pretrained_well_past_a_unigram_model(name):
+    """Issue 26's bar on the shipped assets: >= 20 M training tokens, held-out perplexity at most
+    0.3 x the unigram model's of the same tokens, the rebuild command on record."""
+    import json
+
+    result = CliRunner().invoke(app, ["model", "info", name, "--json", "--no-hooks"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)["pretraining"]
+    assert record["tokens_seen"] >= 20_000_000
+    assert record["heldout_perplexity"] <= 0.3 * record["unigram_perplexity"]
+    assert record["command"].startswith(f"dtlens pretrain {name} --threads 1 --out ")

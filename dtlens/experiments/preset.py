@@ -11,6 +11,14 @@ from dtlens.experiments.studies import BLOCK
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
 
+#: The controls of what language pretraining gives, as K=20 roles (role = init): what each keeps
+#: of the language weights, and what it lacks.
+CONTROLS = {
+    "synthetic": ("pretraining on non-language tokens", "language itself"),
+    "shuffled:text": ("the language weights' values and statistics", "their learned arrangement"),
+    "matched:text": ("each language tensor's mean and scale", "everything else in the weights"),
+}
+
 
 @dataclass(frozen=True)
 class Preset(Settings):

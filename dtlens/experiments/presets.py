@@ -11,7 +11,7 @@ from pathlib import Path
 from dtlens.errors import DtlensError
 from dtlens.experiments.laptop_budget import BUDGET_FILE, LAPTOP_TASKS, BudgetRule, read_budgets
 from dtlens.experiments.laptop_cuts import CUT_TASKS, choose_cuts
-from dtlens.experiments.preset import Preset
+from dtlens.experiments.preset import CONTROLS, Preset
 from dtlens.model.config import MINI, BackboneConfig
 from dtlens.train.config import TrainConfig
 from dtlens.train.device import check_device
@@ -24,10 +24,11 @@ PAPER_ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d"
 
 def mini() -> Preset:
     """The embedded default: a Hopper-v5 dataset shipped with dtlens, 3-block d=128 backbones
-    (random, language-pretrained `text`, image-pretrained `image`), three seeds per compared
-    condition, a short fine-tuning budget that fits `make demo` in 15 minutes on 2 CPU cores.
-    The learning rate is 10x the paper's (1e-3) with a short warm-up, since the budget is ~1% of
-    the paper's steps; evaluation (10 episodes per run) runs after the last epoch only."""
+    (random, language-pretrained `text`, image-pretrained `image`) and the controls of what
+    language pretraining gives (`CONTROLS`), three seeds per compared condition, a short
+    fine-tuning budget (150 steps: a smoke of the pipeline, not a converged study). The learning
+    rate is 10x the paper's (1e-3) with a short warm-up, since the budget is ~1% of the paper's
+    steps; evaluation (10 episodes per run) runs after the last epoch only."""
     epochs = MINI_EPOCHS
     return Preset(
         name="mini",
@@ -36,6 +37,7 @@ def mini() -> Preset:
         random="random",
         language="text",
         image="image",
+        extra={c: c for c in CONTROLS},
         train=TrainConfig(
             epochs=epochs,
             steps_per_epoch=MINI_STEPS,
@@ -119,7 +121,7 @@ def _laptop(budgets: dict[str, int]) -> Preset:
         random="random",
         language="text",
         image="image",
-        extra={c: c for c in ("synthetic", "shuffled:text", "matched:text")},
+        extra={c: c for c in CONTROLS},
         train=laptop_train_config(max(epochs.values(), default=1)),
         seeds=(666, 42, 7),
         task_epochs=epochs,
@@ -179,9 +181,13 @@ PRESETS = ("mini", "mini-tasks", "laptop", "paper")
 
 
 def narrow(
-    preset: Preset, tasks: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+    preset: Preset,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    controls: Sequence[str] | None = None,
 ) -> Preset:
-    """`preset` on the given tasks (dataset labels) and seeds only (None: all of them)."""
+    """`preset` on the given tasks (dataset labels), seeds and controls (its roles beyond random,
+    language and image; empty: none) only (None: all of them)."""
     datasets = preset.datasets
     if tasks is not None:
         unknown = [t for t in tasks if t not in datasets]
@@ -193,9 +199,23 @@ def narrow(
         datasets = {t: datasets[t] for t in dict.fromkeys(tasks)}
     if seeds is not None and (not seeds or any(s < 0 for s in seeds)):
         raise DtlensError(f"--seeds must be seeds >= 0, got {list(seeds)}")
+    extra = preset.extra
+    if controls is not None:
+        unknown = [c for c in controls if c not in extra]
+        if unknown:
+            raise DtlensError(
+                f"--controls {','.join(controls)}: the {preset.name} preset's controls are "
+                f"{', '.join(extra) or '(none)'}"
+            )
+        extra = {c: extra[c] for c in dict.fromkeys(controls)}
     return dataclasses.replace(
         preset,
         datasets=datasets,
+        extra=extra,
+        cuts={
+            t: tuple(c for c in cut if c not in preset.extra or c in extra)
+            for t, cut in preset.cuts.items()
+        },  # fmt: skip
         seeds=preset.seeds if seeds is None else tuple(dict.fromkeys(seeds)),
     )
 
@@ -208,12 +228,13 @@ def get(
     device: str = "auto",
     tasks: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    controls: Sequence[str] | None = None,
     precision: str = "fp32",
     deterministic: bool = False,
     budget_file: str | Path = BUDGET_FILE,
 ) -> Preset:
-    """The preset `name` on `tasks` and `seeds` (None: its own), its inputs checked, its runs
-    on `device` (checked here: one clear line when it is missing) in `precision`."""
+    """The preset `name` on `tasks`, `seeds` and `controls` (None: its own), its inputs checked,
+    its runs on `device` (checked here: one clear line when it is missing) in `precision`."""
     if name == "mini":
         preset = mini()
     elif name == "mini-tasks":
@@ -229,4 +250,4 @@ def get(
     train = preset.train.replace(
         device=check_device(device), precision=precision, deterministic=deterministic
     )
-    return narrow(dataclasses.replace(preset, train=train), tasks, seeds)
+    return narrow(dataclasses.replace(preset, train=train), tasks, seeds, controls)

@@ -16,17 +16,12 @@ from typing import Any
 import numpy as np
 
 from dtlens.diagnostics.registry import DIAGNOSTICS
+from dtlens.experiments.preset import CONTROLS
 from dtlens.io import load_json
 from dtlens.report.components import direction
 from dtlens.report.document import Doc
 from dtlens.stats import Comparison, aggregate, compare
 
-#: Control role -> what it keeps of the language weights, and what it lacks.
-CONTROLS = {
-    "synthetic": ("pretraining on non-language tokens", "language itself"),
-    "shuffled:text": ("the language weights' values and statistics", "their learned arrangement"),
-    "matched:text": ("each language tensor's mean and scale", "everything else in the weights"),
-}
 #: A table cell of a condition the preset cut on that task (`Preset.cuts`; the report's first
 #: lines say which and why).
 CUT = "cut (PLAN)"

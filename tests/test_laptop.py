@@ -162,6 +162,9 @@ def test_laptop_end_to_end_report_export_and_rebuild(budget_file, hopper_file, t
     for control in ("synthetic", "shuffled:text", "matched:text"):
         assert f"### language vs {control}" in controls
     assert "normalized score (K=20, last epoch)" in controls
+    # one task: its comparison, not an "across tasks" one
+    assert "| statistic | hopper | p |" in controls and " on hopper (p " in controls
+    assert " across tasks (p " not in controls and "p (across tasks)" not in controls
     sensitivity = controls.split("### Sensitivity to the DT's own init")[1]
     assert "| released DT init | p (gpt2) | gpt2 DT init |" in sensitivity
     assert "changes with the DT's init" in sensitivity

@@ -1,5 +1,6 @@
-"""The report's sections for presets with controls (`laptop`): "What in the pretrained weights
-matters" (language against each control, per task and across tasks) and the peer DT's score.
+"""The report's sections for presets with controls (`mini`, `laptop`): "What in the pretrained
+weights matters" (language against each control, per task and across tasks) and the peer DT's
+score.
 
 Each control removes part of what language pretraining gives: `synthetic` keeps pretraining but
 not language (Markov-chain tokens), `shuffled:text` keeps the language weights' values but not
@@ -68,12 +69,16 @@ def controls_section(doc: Doc, studies: list[Any]) -> None:
         keeps, lacks = CONTROLS[control]
         doc.h(f"language vs {control}", 3)
         rows = _comparisons(studies, "language", control)
-        doc.table(["statistic", *[s.label for s in studies], "p (across tasks)", "across tasks"],
-                  [r[:-1] for r in rows])  # fmt: skip
+        labels = [s.label for s in studies]
+        if len(studies) > 1:
+            doc.table(["statistic", *labels, "p (across tasks)", "across tasks"],
+                      [r[:-1] for r in rows])  # fmt: skip
+        else:  # one task: the aggregate is that task's comparison (its p)
+            doc.table(["statistic", *labels, "p"], [r[:-2] for r in rows])
         doc.p(f"*{control}* keeps {keeps}, not {lacks}.")
         ran = [s.label for s in studies if control in s.roles]
         cut = [s.label for s in studies if control in s.cut]
-        across = "across tasks" if len(ran) == len(studies) else f"on {', '.join(ran)}"
+        across = "across tasks" if len(ran) == len(studies) > 1 else f"on {', '.join(ran)}"
         if cut:
             doc.p(
                 f"*{control}* was cut on {', '.join(cut)} (see the first lines): 'across tasks' "
@@ -81,8 +86,8 @@ def controls_section(doc: Doc, studies: list[Any]) -> None:
             )
         doc.bullets(
             [
-                f"{name}: {shown} {across} (p {p}): {lacks} matters here; {keeps} alone "
-                "does not reproduce language's value."
+                f"{name}: {shown} {across} (p {p}): {lacks} matters here; with {keeps} "
+                "alone, language's value is not reproduced."
                 if holds
                 else f"{name}: no difference shown {across} (p {p}): {keeps} may suffice; a "
                 f"claim that needs {lacks} is not supported by this statistic."

@@ -4,7 +4,7 @@
 # background, niced below interactive work; `scripts/long_jobs.sh stop` sends SIGTERM, on which
 # each saves its state and exits (the next start continues). Logs: $DTLENS_CACHE/logs/JOB.log.
 #   halfcheetah walker2d   behaviour policies (SAC, issue 27) until their target score
-#   text image             embedded backbones until the held-out loss plateaus (issue 26)
+#   text image             embedded backbones until the held-out loss plateaus (issue 26; done)
 #   synthetic              the synthetic control on a token budget (SYNTHETIC_TOKENS, issue 26)
 #   budget-TASK            the laptop study's budget rule on TASK (issue 28)
 # Linux puts each session in its own scheduling group (autogroup), where `nice` only ranks a job
@@ -33,13 +33,13 @@ start)
             # the collection's action noise; Walker2d 93, D4RL's expert level (~108) less 15
             env=$([ "$job" = halfcheetah ] && echo HalfCheetah-v5 || echo Walker2d-v5)
             target=$([ "$job" = halfcheetah ] && echo 85 || echo 93)
-            start 15 "$job" .venv/bin/python scripts/train_policies.py --env "$env" \
+            # the critical path now (issue 28 needs their data), so above the budget runs
+            start 10 "$job" .venv/bin/python scripts/train_policies.py --env "$env" \
                 --timesteps 1000000 --target-score "$target" --seed 0 --out "$C/policies/$job" ;;
-        text) start 10 text .venv/bin/dtlens pretrain text --threads 1 ;;  # the critical path
-        image) start 15 "$job" .venv/bin/dtlens pretrain "$job" --threads 1 ;;
+        text | image) start 15 "$job" .venv/bin/dtlens pretrain "$job" --threads 1 ;;
         synthetic)
             start 15 synthetic .venv/bin/dtlens pretrain synthetic \
-                --tokens "${SYNTHETIC_TOKENS:-20480000}" --threads 1 ;;
+                --tokens "${SYNTHETIC_TOKENS:-42598400}" --threads 1 ;;  # the text run's tokens_seen
         budget-*) start 17 "$job" .venv/bin/dtlens laptop-budget --task "${job#budget-}" ;;
         *) echo "unknown job $job" >&2; exit 2 ;;
         esac

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -25,13 +26,24 @@ def info(
     ),
     hooks: bool = flag(True, help="List the hook names."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead."),
+    curve: Path = typer.Option(
+        None, help="Also write the pretraining learning curve figure here (e.g. text-curve.png)."
+    ),
 ) -> None:
     """Layers, width, heads, parameters, norm, activation, hook names and (for a pretrained
     backbone file) how it was pretrained."""
+    from dtlens.errors import DtlensError
     from dtlens.model.summary import describe, pretraining_record
+    from dtlens.plotting import save_figure
+    from dtlens.pretrain.curve import pretraining_curve_figure
 
     rows, hook_names = describe(name, imagegpt_norm=imagegpt_norm)
     record = pretraining_record(name)
+    if curve is not None:
+        fig = pretraining_curve_figure(name)
+        if fig is None:
+            raise DtlensError(f"{name}: no learning curve (only long pretraining runs keep one)")
+        save_figure(fig, curve)
     if as_json:
         out = rows | {"pretraining": record} | ({"hooks": hook_names} if hooks else {})
         print(json.dumps(out, indent=2))

@@ -192,3 +192,17 @@ def test_the_embedded_backbones_are_pretrained_well_past_a_unigram_model(name):
     assert record["tokens_seen"] >= 20_000_000
     assert record["heldout_perplexity"] <= 0.3 * record["unigram_perplexity"]
     assert record["command"].startswith(f"dtlens pretrain {name} --threads 1 --out ")
+
+
+def test_model_info_draws_a_long_runs_learning_curve(tmp_path):
+    runner = CliRunner()
+    png = tmp_path / "text-curve.png"
+    result = runner.invoke(app, ["model", "info", "text", "--no-hooks", "--curve", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    none = tmp_path / "random-curve.png"
+    result = runner.invoke(app, ["model", "info", "random", "--no-hooks", "--curve", str(none)])
+    assert result.exit_code == 1 and not none.exists()
+    assert result.output.strip() == (
+        "error: random: no learning curve (only long pretraining runs keep one)"
+    )

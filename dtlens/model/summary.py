@@ -24,15 +24,21 @@ def hook_patterns(names: list[str]) -> list[str]:
     return list(seen)
 
 
+def backbone_file(name: str) -> Path | None:
+    """The file of the embedded backbone `name` or of a backbone .safetensors path, else None."""
+    if name in EMBEDDED_BACKBONES:
+        return embedded_backbone_path(name)
+    if name.endswith(".safetensors") and read_header(name).get("kind") == "backbone":
+        return Path(name)
+    return None
+
+
 def pretraining_record(name: str) -> dict[str, object] | None:
     """How the embedded backbone `name` (or a backbone .safetensors file) was pretrained: corpus,
     tokens_seen, held-out and unigram perplexity (the floor a trained LM must beat) and the
     command that rebuilds it; None for anything else."""
-    if name in EMBEDDED_BACKBONES:
-        path = embedded_backbone_path(name)
-    elif name.endswith(".safetensors") and read_header(name).get("kind") == "backbone":
-        path = Path(name)
-    else:
+    path = backbone_file(name)
+    if path is None:
         return None
     header = read_header(path)
     meta = header.get("meta", {})

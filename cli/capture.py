@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import DEVICE, console, parse_int_list, user_errors
+from cli.common import DEVICE, console, parse_int_list, parse_names, user_errors
 
 app = typer.Typer()
 
@@ -38,7 +38,7 @@ def capture_cmd(
     paths = capture_run(
         Run(run, device),
         parse_int_list(epochs) if epochs else None,
-        [h.strip() for h in hooks.split(",") if h.strip()],
+        parse_names(hooks),
         samples=samples,
         out=out,
         chunk=chunk,

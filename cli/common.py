@@ -55,6 +55,11 @@ def os_error_message(e: OSError) -> str:
     return f"{path}: {e.strerror}"
 
 
+def parse_names(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated option's names, blanks dropped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def parse_int_list(text: str) -> list[int]:
     """'0,1,4' -> [0, 1, 4]; raises DtlensError on anything else."""
     try:

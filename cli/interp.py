@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import DEVICE, console, flag, user_errors
+from cli.common import DEVICE, console, flag, parse_names, user_errors
 from cli.render import run_diagnostic
 
 app = typer.Typer()
@@ -61,7 +61,7 @@ def patching_cmd(
         donor=donor,
         epoch=epoch,
         samples=samples,
-        hooks=[h.strip() for h in hooks.split(",") if h.strip()],
+        hooks=parse_names(hooks),
         positions=positions,
         seed=seed,
     )
@@ -100,7 +100,7 @@ def cross_patching_cmd(
 
     runs = {}
     for role, folders in (("language", language), ("random", random)):
-        for folder in (f.strip() for f in folders.split(",") if f.strip()):
+        for folder in parse_names(folders):
             run = Run(Path(folder), device)
             cfg = run.train_config
             key = RunKey(role, cfg.seed, cfg.context_len)

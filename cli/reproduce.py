@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, flag, parse_int_list, user_errors
+from cli.common import console, flag, parse_int_list, parse_names, user_errors
 from cli.config_options import field_default
 from dtlens.experiments.budget import BUDGETS, DEFAULT_BUDGET
 from dtlens.train.config import TrainConfig, help_text
@@ -74,9 +74,9 @@ def reproduce_cmd(
         imagegpt,
         d4rl_dir,
         device,
-        tasks=_names(tasks),
+        tasks=None if tasks is None else parse_names(tasks),
         seeds=None if seeds is None else parse_int_list(seeds),
-        controls=_names(controls),
+        controls=None if controls is None else [] if controls == "none" else parse_names(controls),
         precision=precision,
         deterministic=deterministic,
         budget_file=budget_file,
@@ -97,13 +97,6 @@ def reproduce_cmd(
         save_json(load_json(out / "reproduce.json") | {"command": command}, out / "reproduce.json")
     report = write_report(out)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
-
-
-def _names(listed: str | None) -> list[str] | None:
-    """A comma-separated option's names ('none': no names; None: the preset's)."""
-    if listed is None:
-        return None
-    return [] if listed.strip() == "none" else [n.strip() for n in listed.split(",") if n.strip()]
 
 
 def show_dry_run(chosen, workers: int | None, scheduler: str | None) -> None:

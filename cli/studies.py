@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import D_MODEL, HEADS, LAYERS, console, parse_int_list, user_errors
+from cli.common import D_MODEL, HEADS, LAYERS, console, parse_int_list, parse_names, user_errors
 from cli.config_options import config_options
 from cli.render import show
 from dtlens.model.config import BackboneConfig
@@ -69,7 +69,7 @@ def no_context(
 
     ds, _ = run_no_context(
         base_config(config, layers, d_model, heads),
-        [i.strip() for i in inits.split(",") if i.strip()],
+        parse_names(inits),
         out,
         parse_int_list(contexts),
         workers,

@@ -90,6 +90,10 @@ def test_laptop_preset_follows_the_plan(budget_file):
 
 def test_an_unknown_control_is_one_line():
     args = ["reproduce", "--preset", "mini", "--dry-run", "--device", "cpu"]
+    small = ["--budget", "smoke", "--seeds", "7", "--workers", "1"]
+    result = runner.invoke(app, [*args, *small, "--controls", "none"])  # make demo's plan
+    assert result.exit_code == 0, result.output
+    assert "random-K20-e1-s7" in result.output and "synthetic-K20" not in result.output
     result = runner.invoke(app, [*args, "--controls", "shuffled:image"])
     assert result.exit_code == 1
     assert result.output.strip() == (

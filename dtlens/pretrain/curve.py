@@ -13,8 +13,7 @@ def pretraining_curve_figure(name: str) -> Figure | None:
     and training loss against tokens seen, the unigram floor, and the learning rate; None for a
     backbone without one."""
     path = backbone_file(name)
-    curve_file = None if path is None else path.with_name(f"{path.stem}.curve.json")
-    if curve_file is None or not curve_file.is_file():
+    if path is None or not (curve_file := path.with_name(f"{path.stem}.curve.json")).is_file():
         return None
     points = load_json(curve_file)["curve"]
     meta = read_header(path).get("meta", {})

@@ -49,9 +49,11 @@ TARGET_EVALS = 2
 #: D4RL's medium-v2 data as a fraction of its expert-v2 data, in normalized score (D4RL's dataset
 #: statistics: hopper ~44 / ~108, halfcheetah ~41 / ~93, walker2d ~62 / ~108): D4RL's "a third of
 #: the expert" in raw return lands at 0.4-0.6 of the expert's normalized score. The medium
-#: checkpoint is taken there, within `MEDIUM_TOLERANCE`.
+#: checkpoint is taken there, within `MEDIUM_TOLERANCE`: wide enough that the band cannot fall
+#: between two checkpoints 10k steps apart (HalfCheetah climbs 13.6 points from 50k to 60k there;
+#: 10% missed both at an expert of 85).
 D4RL_MEDIUM_FRACTION = {"hopper": 44 / 108, "halfcheetah": 41 / 93, "walker2d": 62 / 108}
-MEDIUM_TOLERANCE = 0.1
+MEDIUM_TOLERANCE = 0.2
 BUFFER_KEYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 

@@ -262,6 +262,19 @@ def test_normalized_scores():
         normalized_score("Ant-v5", 1.0)
 
 
+#: The behaviour data's floor per quality (normalized score of the mean episode return): D4RL's
+#: medium-v2 data sit at 41-62 and its expert-v2 data at 93-108.
+D4RL_LEVEL = {"medium": 30, "expert": 80}
+
+
+@pytest.mark.parametrize("quality", sorted(D4RL_LEVEL))
+@pytest.mark.parametrize("task", ["hopper", "halfcheetah"])
+def test_the_shipped_behaviour_data_sit_at_d4rl_levels(task, quality):
+    ds = load_dataset(f"mini/{task}-{quality}")
+    score = normalized_score(ds.env_id, ds.stats()["return_mean"])
+    assert score >= D4RL_LEVEL[quality], (task, quality, score)
+
+
 # --- windows ----------------------------------------------------------------------------
 def test_returns_to_go_by_hand():
     ds = dataset((3, 2), ends=["terminal", None])  # rewards 1..5

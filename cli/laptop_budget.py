@@ -23,6 +23,12 @@ def laptop_budget_cmd(
     run_dir: Path = typer.Option(
         None, "--run-dir", help="The budget run's folder (default $DTLENS_CACHE/laptop-budget/)."
     ),
+    metric: str = typer.Option(
+        "heldout_action_error",
+        "--metric",
+        help="The per-epoch error the rule reads: heldout_action_error (the PLAN, amended) or "
+        "action_error (the training windows', as first written).",
+    ),
     candidates: str = typer.Option(None, hidden=True, help="Testing: candidate steps."),
     epoch_steps: int = typer.Option(None, hidden=True, help="Testing: steps per epoch."),
     window: int = typer.Option(None, hidden=True, help="Testing: steps averaged."),
@@ -30,8 +36,8 @@ def laptop_budget_cmd(
 ) -> None:
     """Train the K=20 random-init run of seed 666 to 4 x B, candidate by candidate (2,500, 5,000,
     10,000, 20,000 steps; resumable: a rerun continues), and write the smallest B whose final
-    action error is within 5% of the one at 4 x B to OUT, which `reproduce --preset laptop`
-    reads."""
+    held-out action error is within 5% of the one at 4 x B to OUT, which `reproduce --preset
+    laptop` reads."""
     import dataclasses
 
     from dtlens.experiments.laptop_budget import BudgetRule, find_budget
@@ -41,7 +47,7 @@ def laptop_budget_cmd(
         "epoch_steps": epoch_steps,
         "window": window,
     }
-    rule = dataclasses.replace(BudgetRule(), **{k: v for k, v in tiny.items() if v})
+    rule = dataclasses.replace(BudgetRule(metric=metric), **{k: v for k, v in tiny.items() if v})
     changes = {"batch_size": batch_size} if batch_size else {}
     for name in task:
         path = run_dir / name if run_dir and len(task) > 1 else run_dir

@@ -84,13 +84,15 @@ def print_summary(run) -> None:
         f"[bold]{run.path}[/]: init {t.init}, dataset {t.dataset}, K={t.context_len}, "
         f"{len(ds.epoch)} epochs x {t.steps_per_epoch} steps, seed {t.seed}"
     )
-    table = Table("epoch", "action MSE", "return", "normalized score", "s/epoch")
+    table = Table("epoch", "action MSE", "held-out", "return", "normalized score", "s/epoch")
     for i, e in enumerate(ds.epoch.values):
+        heldout = ds["heldout_action_error"].values[i] if "heldout_action_error" in ds else None
         ret = ds["return_mean"].values[i] if "return_mean" in ds else float("nan")
         score = ds["score_mean"].values[i] if "score_mean" in ds else float("nan")
         table.add_row(
             str(e),
             f"{ds['action_error'].values[i]:.4f}",
+            "-" if heldout is None else f"{heldout:.4f}",
             f"{ret:.1f}",
             f"{score:.1f}",
             f"{ds['train_time_s'].values[i]:.1f}",

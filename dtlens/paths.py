@@ -9,6 +9,7 @@ $DTLENS_CACHE/backbones/  datasets/                 rebuilds (default ~/.cache/d
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from dtlens.errors import DtlensError
@@ -22,6 +23,15 @@ DATASET_ASSETS = ASSETS / "datasets"
 def cache_root() -> Path:
     """`$DTLENS_CACHE`, default `~/.cache/dtlens`."""
     return Path(os.environ.get("DTLENS_CACHE") or "~/.cache/dtlens").expanduser()
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` quoted for a recorded command, a folder under the home folder as `~/...` (expanded
+    by the shell), so that the command reads the same on every machine."""
+    full = Path(path).expanduser()
+    if full.is_absolute() and full.is_relative_to(Path.home()):
+        return "~/" + shlex.quote(str(full.relative_to(Path.home())))
+    return shlex.quote(str(path))
 
 
 def cache_dir(kind: str) -> Path:

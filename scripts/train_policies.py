@@ -42,6 +42,7 @@ from dtlens.data.policy import (
 )
 from dtlens.data.scores import normalized_score
 from dtlens.io import load_json, save_json, write_atomic
+from dtlens.paths import portable_path
 from dtlens.stopping import stop_signal
 
 #: Evaluations in a row at or above `--target-score` that end training (5-episode means are noisy).
@@ -213,7 +214,7 @@ def export(args: argparse.Namespace) -> None:
         f"--eval-episodes {targs['eval_episodes']} --learning-starts {targs['learning_starts']} "
         f"--hidden {','.join(map(str, targs['hidden']))} "
         + (f"--target-score {targs['target_score']} " if targs.get("target_score") else "")
-        + f"--out {shlex.quote(targs['out'])}"
+        + f"--out {portable_path(targs['out'])}"
     )
     random_returns = evaluate_policy(None, targs["env"], episodes=10, seed=0)
     env_name = targs["env"].split("-")[0].lower()

@@ -140,8 +140,9 @@ def test_policy_round_trip(tmp_path):
 
 def test_embedded_policies_are_ordered():
     """random < medium < expert, as recorded by the training script and re-measured here."""
+    # six actors shipped; four of them 256 x 256 as D4RL's SAC (288 KB each in float32)
     total_bytes = sum(p.stat().st_size for p in POLICY_DIR.iterdir())
-    assert total_bytes <= 1_000_000
+    assert total_bytes <= 1_500_000
     medium, expert = load_policy("hopper-medium"), load_policy("hopper-expert")
     assert medium.info["return_mean"] < expert.info["return_mean"]
     returns = {

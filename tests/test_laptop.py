@@ -16,7 +16,7 @@ from dtlens.diagnostics.contract import RunKey
 from dtlens.experiments import presets
 from dtlens.experiments.budget import BUDGETS, apply_budget
 from dtlens.experiments.reproduce import plan, reproduce
-from dtlens.io import save_json
+from dtlens.io import open_netcdf, save_json
 from dtlens.model.backbones import random_backbone, save_backbone
 from dtlens.report.report import write_report
 from tests.conftest import TINY, tiny_train_config
@@ -34,6 +34,7 @@ def budget_file(tmp_path):
         "tolerance": 0.05,
         "window": 1000,
         "epoch_steps": 500,
+        "metric": "heldout_action_error",
     }
     hopper = {
         "chosen": 2500,
@@ -180,6 +181,12 @@ def test_laptop_end_to_end_report_export_and_rebuild(budget_file, hopper_file, t
     assert result.exit_code == 0, result.output
     exported = (results / "report.md").read_bytes()
     assert b"| hopper | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% | **B** |" in exported
+    # every run logs the held-out windows' error, which the per-seed table of the rule shows
+    seeds = exported.split(b"Final action MSE on the fixed held-out windows")[0].split(b"| task |")
+    (metrics,) = out.glob("hopper/runs/random-K20-*-s666/metrics.nc")
+    with open_netcdf(metrics) as ds:
+        heldout = float(ds.heldout_action_error[-1])
+    assert f"666: {heldout:.5f} |".encode() in seeds[-1]
     assert not list(results.rglob("*.safetensors"))
     assert (results / "peer" / "hopper-s0.json").is_file()
     (results / "report.md").unlink()

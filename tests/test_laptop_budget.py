@@ -17,7 +17,7 @@ from dtlens.experiments.laptop_budget import (
     find_budget,
     read_budgets,
 )
-from dtlens.io import load_json, save_json
+from dtlens.io import load_json, open_netcdf, save_json
 
 runner = CliRunner()
 RULE = BudgetRule()
@@ -96,7 +96,20 @@ def test_budget_run_end_to_end_and_resumes(tmp_path):
     saved = load_json(out)["hopper"]
     assert saved["chosen"] == 1 and saved["run"] == str(run)
     assert "--epochs 4 --steps 1" in saved["command"] and "--lr 0.0001" in saved["command"]
-    assert saved["candidates"]["1"]["error"] > 0
+    assert "--heldout mini/hopper-medium-heldout" in saved["command"]
+    # the rule reads the held-out windows' error (epoch 1 ends at B = 1, epoch 4 at 4 x B)
+    assert saved["rule"]["metric"] == "heldout_action_error"
+    with open_netcdf(run / "metrics.nc") as ds:
+        heldout, training = ds.heldout_action_error.values, ds.action_error.values
+    assert saved["candidates"]["1"]["error"] == pytest.approx(heldout[0])
+    assert saved["candidates"]["1"]["error_long"] == pytest.approx(heldout[3])
+    assert saved["candidates"]["1"]["error"] != pytest.approx(training[0])
+
+
+def test_rule_reads_a_known_metric():
+    assert BudgetRule(metric="action_error").metric == "action_error"  # as first written
+    with pytest.raises(DtlensError, match="--metric loss: expected one of heldout_action_error"):
+        BudgetRule(metric="loss")
 
 
 def test_budget_cli_tiny(tmp_path):
@@ -104,7 +117,7 @@ def test_budget_cli_tiny(tmp_path):
     args = [
         "laptop-budget",
         "--task",
-        "walker2d",
+        "halfcheetah",
         "--out",
         str(out),
         "--run-dir",
@@ -113,7 +126,7 @@ def test_budget_cli_tiny(tmp_path):
     tiny = ["--candidates", "1", "--epoch-steps", "1", "--window", "1", "--batch-size", "4"]
     result = runner.invoke(app, [*args, *tiny])
     assert result.exit_code == 0, result.output
-    entry = load_json(out)["walker2d"]
-    assert entry["rule"]["candidates"] == [1] and "walker2d: B =" in result.output
+    entry = load_json(out)["halfcheetah"]
+    assert entry["rule"]["candidates"] == [1] and "halfcheetah: B =" in result.output
     bad = runner.invoke(app, [*args[:2], "ant", *args[3:], *tiny])
     assert bad.exit_code == 1 and "--task ant" in bad.output

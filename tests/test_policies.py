@@ -14,6 +14,7 @@ from cli.main import app
 from dtlens.data.policy import POLICY_DIR, evaluate_policy, load_policy
 from dtlens.errors import DtlensError
 from dtlens.io import load_json
+from dtlens.paths import portable_path
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 POLICIES = sorted(load_json(POLICY_DIR / "manifest.json"))
@@ -123,3 +124,13 @@ def test_the_medium_checkpoint_sits_where_d4rl_medium_sits_relative_to_expert(mo
     assert picked["step"] == 30_000  # normalized 39: 36 stands still, 29 is 23% off the target
     with pytest.raises(SystemExit, match="no earlier checkpoint within 20% of 37.5"):
         script.pick_medium(rows[:3], expert, Path("/none"), "HalfCheetah-v5")
+
+
+def test_the_recorded_rebuild_command_names_the_home_folder_as_tilde():
+    home = Path.home()
+    assert portable_path(str(home / ".cache/dtlens/policies/walker2d")) == (
+        "~/.cache/dtlens/policies/walker2d"
+    )
+    assert portable_path("~/a b") == "~/'a b'"
+    assert portable_path("runs/policies/hopper") == "runs/policies/hopper"  # as given
+    assert portable_path("/elsewhere/x") == "/elsewhere/x"

@@ -277,3 +277,27 @@ def test_config_differences_ignore_what_a_continued_run_may_change():
     assert base.differences(base.replace(seed=1, lr=3e-4)) == ["lr", "seed"]
     dt = dataclasses.replace(base.dt, dt_init="gpt2")
     assert base.differences(base.replace(dt=dt)) == ["dt_init"]
+
+
+def test_heldout_windows_log_their_action_error_each_epoch(hopper_file, tmp_path):
+    from dtlens.data import load_dataset
+    from dtlens.data.windows import probe_batch
+
+    cfg = tiny_train_config(hopper_file, heldout="mini/hopper-medium-heldout", eval_episodes=0)
+    run = train(cfg, tmp_path / "run", progress=False)
+    logged = xr.open_dataset(run.path / "metrics.nc").heldout_action_error.values
+    assert logged.shape == (2,) and np.isfinite(logged).all()
+    # the last epoch's value is the final model's error on the held-out windows, in eval mode
+    dataset = load_dataset(hopper_file)
+    windows = loop.heldout_windows(cfg, dataset)
+    assert len(windows) == loop.HELDOUT_WINDOWS
+    model = run.load_model(2).train()
+    error = loop.heldout_error(model, windows, "cpu", chunk=100)
+    assert error == pytest.approx(logged[-1], rel=1e-5)
+    assert loop.heldout_error(model, windows, "cpu") == pytest.approx(error, rel=1e-5)  # no dropout
+    assert model.training  # left as it was found
+    own = probe_batch(dataset, loop.HELDOUT_WINDOWS, cfg.context_len, cfg.probe_seed)
+    assert loop.heldout_error(model, own, "cpu") != pytest.approx(error, rel=1e-2)  # other data
+    with pytest.raises(DtlensError, match="--heldout mini/halfcheetah-medium-heldout: HalfCheetah"):
+        train(cfg.replace(heldout="mini/halfcheetah-medium-heldout"), tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()

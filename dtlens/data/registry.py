@@ -33,6 +33,7 @@ from dtlens.io import file_sha256
 from dtlens.paths import DATASET_ASSETS, cache_dir
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
+HELDOUT_SEED = 100_000
 ASSET_DIR = DATASET_ASSETS  # the shipped files and their manifest
 
 
@@ -149,6 +150,12 @@ EMBEDDED: dict[str, EmbeddedSpec | ReplaySpec] = {
     "mini/walker2d-medium": EmbeddedSpec("Walker2d-v5", "medium"),
     "mini/walker2d-expert": EmbeddedSpec("Walker2d-v5", "expert"),
     "mini/hopper-medium-replay": ReplaySpec("Hopper-v5"),
+    # A run's `--heldout` windows: the same policy and noise, on reset seeds and a noise seed
+    # no training collection uses (theirs are seed 0: episodes reset with seeds 0, 1, ...).
+    "mini/hopper-medium-heldout": EmbeddedSpec("Hopper-v5", "medium", 20_000, HELDOUT_SEED),
+    "mini/halfcheetah-medium-heldout": EmbeddedSpec(
+        "HalfCheetah-v5", "medium", 20_000, HELDOUT_SEED
+    ),
 }
 DERIVED: dict[str, ConcatSpec] = {
     "mini/hopper-medium-expert": ConcatSpec(("mini/hopper-medium", "mini/hopper-expert")),

@@ -3,12 +3,14 @@
 
 The K=20 random-init run of seed 666 is trained candidate by candidate to 4 x B (`train`
 with resume: a rerun continues, a kill loses at most one epoch). B is the smallest candidate
-whose final action error, the training action MSE over the `window` steps that end at B, is
-within `tolerance` of the same average over the steps that end at 4 x B. Epochs are
-`epoch_steps` long: epochs of 500 steps make every candidate (2,500 included) and its 4 x B
-end on an epoch, and the 1,000-step window is then the mean of the last two epochs' per-epoch
-`action_error` (equal epochs: the mean over those 1,000 steps). The choice is written to
-`budget.json`, one entry per task, which the `laptop` preset reads.
+whose final action error, averaged over the `window` steps that end at B, is within `tolerance`
+of the same average over the steps that end at 4 x B. The error is the action MSE on the fixed
+held-out windows of `mini/TASK-medium-heldout` (the PLAN as amended: the training windows'
+error, as first written, keeps falling as the model fits its 100k transitions; `metric`
+chooses). Epochs are `epoch_steps` long: epochs of 500 steps make every candidate (2,500
+included) and its 4 x B end on an epoch, and the 1,000-step window is then the mean of the last
+two epochs' per-epoch error. The choice is written to `budget.json`, one entry per task, which
+the `laptop` preset reads.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from dtlens.errors import DtlensError
 from dtlens.io import load_json, open_netcdf, save_json
 from dtlens.model.config import MINI
-from dtlens.paths import cache_root
+from dtlens.paths import cache_root, portable_path
 from dtlens.train.config import TrainConfig
 from dtlens.train.loop import train
 
@@ -31,6 +33,7 @@ from dtlens.train.loop import train
 COMMAND = "dtlens laptop-budget"
 LAPTOP_TASKS = ("hopper", "halfcheetah", "walker2d")
 BUDGET_FILE = Path("results/laptop/budget.json")
+METRICS = ("heldout_action_error", "action_error")
 
 Log = Callable[[str], None]
 
@@ -38,15 +41,20 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class BudgetRule:
     """The PLAN's rule: candidates (steps), the factor of the long run, the tolerance, the steps
-    averaged at each end, and the epoch length of the budget run."""
+    averaged at each end, the epoch length of the budget run, and the per-epoch error it reads
+    (`heldout_action_error`, the PLAN's as amended; `action_error`, the training windows', as
+    first written)."""
 
     candidates: tuple[int, ...] = (2500, 5000, 10000, 20000)
     factor: int = 4
     tolerance: float = 0.05
     window: int = 1000
     epoch_steps: int = 500
+    metric: str = "heldout_action_error"
 
     def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise DtlensError(f"--metric {self.metric}: expected one of {', '.join(METRICS)}")
         steps = [*self.candidates, *(c * self.factor for c in self.candidates)]
         if self.window % self.epoch_steps or any(s % self.epoch_steps for s in steps):
             raise DtlensError(
@@ -58,8 +66,8 @@ class BudgetRule:
 
 
 def error_at(action_error: Sequence[float], step: int, rule: BudgetRule) -> float:
-    """The mean training action error over the `rule.window` steps that end at `step`, from the
-    per-epoch `action_error` (epoch i ends at i x epoch_steps)."""
+    """The mean action error over the `rule.window` steps that end at `step`, from the per-epoch
+    `action_error` (epoch i ends at i x epoch_steps)."""
     last = step // rule.epoch_steps
     first = last - rule.window // rule.epoch_steps
     if last > len(action_error):
@@ -89,10 +97,12 @@ def choose(action_error: Sequence[float], rule: BudgetRule) -> tuple[int | None,
 
 def budget_config(task: str, rule: BudgetRule, **changes) -> TrainConfig:
     """The PLAN's budget run of `task`: K=20, random init, seed 666, the paper's optimiser, a
-    1,000-step warm-up, no evaluation, only epoch 0 kept besides the latest."""
+    1,000-step warm-up, no evaluation, only epoch 0 kept besides the latest; the held-out
+    windows of `mini/{task}-medium-heldout` when the rule reads them."""
     return TrainConfig(
         init="random",
         dataset=f"mini/{task}-medium",
+        heldout=f"mini/{task}-medium-heldout" if rule.metric == "heldout_action_error" else None,
         size=MINI,
         context_len=20,
         batch_size=64,
@@ -111,7 +121,8 @@ def budget_config(task: str, rule: BudgetRule, **changes) -> TrainConfig:
 def train_command(cfg: TrainConfig, out: Path) -> str:
     """The `dtlens train` command of the budget run (the PLAN's, with its epoch length)."""
     args = [
-        "dtlens", "train", "--out", str(out), "--init", cfg.init, "--dataset", cfg.dataset,
+        "--init", cfg.init, "--dataset", cfg.dataset,
+        *(["--heldout", cfg.heldout] if cfg.heldout else []),
         "--layers", str(cfg.size.n_layers), "--d-model", str(cfg.size.d_model),
         "--heads", str(cfg.size.n_heads), "--context", str(cfg.context_len),
         "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
@@ -120,11 +131,13 @@ def train_command(cfg: TrainConfig, out: Path) -> str:
         "--clip", str(cfg.grad_clip), "--seed", str(cfg.seed), "--eval-episodes", "0",
         "--keep-epochs", ",".join(map(str, cfg.keep_epochs or ())),
     ]  # fmt: skip
-    return shlex.join(args)
+    return f"dtlens train --out {portable_path(out)} {shlex.join(args)}"
 
 
-def budget_run_dir(task: str) -> Path:
-    return cache_root() / "laptop-budget" / f"{task}-random-s666"
+def budget_run_dir(task: str, rule: BudgetRule) -> Path:
+    """The budget run's folder: one per task and metric (the held-out run logs its windows)."""
+    suffix = "-heldout" if rule.metric == "heldout_action_error" else ""
+    return cache_root() / "laptop-budget" / f"{task}-random-s666{suffix}"
 
 
 def find_budget(
@@ -140,7 +153,7 @@ def find_budget(
     the run's config (tests: tiny batches)."""
     if task not in LAPTOP_TASKS:
         raise DtlensError(f"--task {task}: expected one of {', '.join(LAPTOP_TASKS)}")
-    out, path = Path(out), Path(run_dir or budget_run_dir(task))
+    out, path = Path(out), Path(run_dir or budget_run_dir(task, rule))
     path.parent.mkdir(parents=True, exist_ok=True)
     entry: dict = {}
     for b in rule.candidates:
@@ -153,7 +166,7 @@ def find_budget(
                 f"{done * rule.epoch_steps}..{b * rule.factor}"
             )
             train(cfg, path, resume=done > 0, progress=True)
-        chosen, rows = choose(_action_error(path), rule)
+        chosen, rows = choose(_errors(path, rule.metric), rule)
         entry = {
             "chosen": chosen,
             "candidates": rows,
@@ -163,8 +176,9 @@ def find_budget(
                 "tolerance": rule.tolerance,
                 "window": rule.window,
                 "epoch_steps": rule.epoch_steps,
+                "metric": rule.metric,
             },
-            "run": str(path),
+            "run": portable_path(path),
             "command": train_command(cfg, path),
         }
         row = rows[str(b)]
@@ -181,12 +195,12 @@ def find_budget(
 
 
 def _epochs_done(path: Path) -> int:
-    return len(_action_error(path)) if (path / "metrics.nc").is_file() else 0
+    return len(_errors(path, "action_error")) if (path / "metrics.nc").is_file() else 0
 
 
-def _action_error(path: Path) -> np.ndarray:
+def _errors(path: Path, metric: str) -> np.ndarray:
     with open_netcdf(path / "metrics.nc") as ds:
-        return ds.action_error.values.astype(float)
+        return ds[metric].values.astype(float)
 
 
 def _save_entry(out: Path, task: str, entry: dict) -> None:

@@ -39,6 +39,8 @@ class Preset(Settings):
     probe_size: int = 100
     #: More K=20 roles beside the three: role -> init (e.g. the controls of what pretraining gives).
     extra: dict[str, str] = field(default_factory=dict)
+    #: label -> the dataset whose held-out windows' action error every run of it logs (`--heldout`).
+    heldouts: dict[str, str] = field(default_factory=dict)
     #: label -> epochs of that dataset's runs (default: `train.epochs`).
     task_epochs: dict[str, int] = field(default_factory=dict)
     #: label -> roles rerun at K=20 with the DT's own layers initialised as GPT-2 (`--dt-init

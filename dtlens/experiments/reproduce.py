@@ -78,6 +78,7 @@ def plan(preset: Preset) -> list[Plan]:
         base = preset.train.replace(
             dataset=dataset,
             env_id=preset.env_ids.get(label),
+            heldout=preset.heldouts.get(label),
             probe_size=preset.probe_size,
             epochs=preset.task_epochs.get(label, preset.train.epochs),
         )

@@ -10,6 +10,12 @@ from typing import Any
 from dtlens.io import load_json
 from dtlens.report.document import Doc
 
+#: Where the budget rule's per-epoch error is measured, by its metrics.nc name.
+WHERE = {
+    "action_error": "on the training batches",
+    "heldout_action_error": "on the fixed held-out windows of `mini/<task>-medium-heldout`",
+}
+
 
 def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
     """The section, when `root/budget.json` exists."""
@@ -42,9 +48,11 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
         rows,
     )  # fmt: skip
     rule = next(iter(budgets.values()))["rule"]
+    metric = rule.get("metric", "action_error")  # budget.json written before the amendment
+    measured = WHERE[metric]
     doc.p(
         f"The K=20 random-init run of seed 666, trained candidate by candidate to 4 x B (epochs "
-        f"of {rule['epoch_steps']} steps): the training action MSE averaged over the "
+        f"of {rule['epoch_steps']} steps): the action MSE {measured} averaged over the "
         f"{rule['window']} steps that end at B and at 4 x B; B is the smallest candidate within "
         f"{rule['tolerance']:.0%} (`dtlens laptop-budget`; its command per task in budget.json)."
     )
@@ -52,7 +60,10 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
     for s in studies:
         runs = {seed: s.run_dir("main", "random", seed) for seed in s.seeds}
         rows.append(
-            [s.label, *(f"{seed}: {s.final_action_error(r):.5f}" for seed, r in runs.items())]
+            [
+                s.label,
+                *(f"{seed}: {s.final_action_error(r, metric):.5f}" for seed, r in runs.items()),
+            ]
         )
     doc.table(["task", *(f"seed {i + 1}" for i in range(max(len(s.seeds) for s in studies)))], rows)
-    doc.p("Final action error (last epoch) of each seed's random-init K=20 run at B.")
+    doc.p(f"Final action MSE {measured} (last epoch) of each seed's random-init K=20 run at B.")

@@ -138,9 +138,11 @@ class Study:
         i = finite[np.argmax(scores[finite])] if best else finite[-1]
         return float(scores[i]), float(ds.score_std.values[i])
 
-    def final_action_error(self, run: Path | None) -> float:
+    def final_action_error(self, run: Path | None, metric: str = "action_error") -> float:
+        """The last epoch's `metric` (action_error: the training batches'; heldout_action_error:
+        the `--heldout` windows'), NaN where the run or its metric is missing."""
         ds = _open(run / "metrics.nc") if run else None
-        return float(ds.action_error[-1]) if ds is not None else float("nan")
+        return float(ds[metric][-1]) if ds is not None and metric in ds else float("nan")
 
 
 def write_report(root: str | Path) -> Path:
@@ -291,7 +293,7 @@ def _table1(doc: Doc, s: Study) -> None:
             [
                 who,
                 _pm(*_mean_std([m for m, _ in last])),
-                _pm(float(np.nanmean([e for _, e in last])), None),
+                _pm(_mean_std([e for _, e in last])[0], None),  # a cut role has none
                 _pm(*_mean_std(best)),
                 _pm(*paper.get(who, (None, None))),
                 _pm(*_mean_std(k1)) if who in ("random", "language") else "-",

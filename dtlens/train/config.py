@@ -38,6 +38,12 @@ class TrainConfig:
     env_id: str | None = option(
         None, "--env-id", "Gymnasium env for evaluation (default: the dataset's)."
     )
+    heldout: str | None = option(
+        None,
+        "--heldout",
+        "Dataset whose fixed windows' action error is logged each epoch, e.g. "
+        "mini/hopper-medium-heldout (default: none).",
+    )
     context_len: int = option(20, "--context", "K timesteps per window (1 = no context; paper 20).")
     batch_size: int = option(64, "--batch-size", "Windows per step (paper 64).")
     lr: float = option(1e-4, "--lr", "AdamW learning rate after warm-up (paper 1e-4).")

@@ -26,7 +26,7 @@ import dtlens
 from dtlens.data import load_dataset
 from dtlens.data.dataset import OfflineDataset
 from dtlens.data.scores import target_return as default_target_return
-from dtlens.data.windows import WindowSampler, probe_batch, save_batch
+from dtlens.data.windows import Batch, WindowSampler, probe_batch, save_batch
 from dtlens.errors import DtlensError
 from dtlens.io import load_tensors, open_netcdf, save_json, save_netcdf, save_tensors
 from dtlens.locks import folder_lock
@@ -41,6 +41,9 @@ from dtlens.train.device import check_device
 from dtlens.train.evaluate import evaluate
 from dtlens.train.precision import apply_determinism, apply_precision, autocast
 from dtlens.train.run import CHECKPOINT, Run
+
+#: Fixed windows of the `--heldout` dataset whose action error is logged each epoch.
+HELDOUT_WINDOWS = 1024
 
 
 @dataclass
@@ -72,6 +75,49 @@ def action_loss(model: DecisionTransformer, batch) -> torch.Tensor:
     )
     mask = batch.attention_mask.bool()
     return ((pred - batch.actions) ** 2)[mask].mean()
+
+
+def heldout_windows(cfg: TrainConfig, dataset: OfflineDataset) -> Batch | None:
+    """`HELDOUT_WINDOWS` windows of `cfg.heldout` drawn with `cfg.probe_seed`, normalised with the
+    training data's state statistics as the model sees them (None without a held-out dataset)."""
+    if cfg.heldout is None:
+        return None
+    heldout = load_dataset(cfg.heldout)
+    shapes = (heldout.observations.shape[1], heldout.actions.shape[1])
+    if heldout.env_id != dataset.env_id or shapes != (
+        dataset.observations.shape[1],
+        dataset.actions.shape[1],
+    ):
+        raise DtlensError(
+            f"--heldout {cfg.heldout}: {heldout.env_id} data, but the run trains on "
+            f"{dataset.env_id} ({cfg.dataset})"
+        )
+    return probe_batch(
+        heldout,
+        n=HELDOUT_WINDOWS,
+        context_len=cfg.context_len,
+        seed=cfg.probe_seed,
+        rtg_scale=cfg.rtg_scale,
+        max_ep_len=cfg.dt.max_ep_len,
+        state_mean=dataset.state_mean,
+        state_std=dataset.state_std,
+    )
+
+
+def heldout_error(
+    model: DecisionTransformer, windows: Batch, device: str, chunk: int = 256
+) -> float:
+    """The action MSE over the real steps of `windows`, in evaluation mode (no dropout)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(windows), chunk):
+            batch = windows.index(slice(start, start + chunk)).to(device)
+            steps = int(batch.attention_mask.sum())
+            total += action_loss(model, batch).item() * steps
+            count += steps
+    model.train()
+    return total / count
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -118,11 +164,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         raise DtlensError(f"{cfg.dataset}: the dataset does not name its environment (pass env_id)")
     if cfg.eval_episodes > 0 and cfg.env_id is None:
         dataset.check_env(dataset.env_id)
+    heldout = heldout_windows(cfg, dataset)
     try:
         with folder_lock(out):
             _remove_partials(out)
             try:
-                _train(cfg, out, dataset, device, resume, progress)
+                _train(cfg, out, dataset, heldout, device, resume, progress)
             finally:
                 _remove_partials(out, ignore_errors=True)  # a failed first epoch leaves nothing
     except OSError as e:
@@ -136,6 +183,7 @@ def _train(
     cfg: TrainConfig,
     out: Path,
     dataset: OfflineDataset,
+    heldout: Batch | None,
     device: str,
     resume: bool,
     progress: bool,
@@ -192,6 +240,9 @@ def _train(
                 "action_error": float(np.mean(log.loss)),
                 "train_time_s": time.perf_counter() - t0,
             }
+            if heldout is not None:
+                with autocast(device, cfg.precision):
+                    record["heldout_action_error"] = heldout_error(model, heldout, device)
             if cfg.evaluates(epoch):
                 with autocast(device, cfg.precision):
                     res = evaluate(
@@ -408,8 +459,11 @@ def _read_metrics(out: Path, epoch: int, steps_per_epoch: int) -> tuple[StepLog,
 def _epoch_line(name: str, epoch: int, cfg: TrainConfig, record: dict) -> str:
     line = (
         f"{name}: epoch {epoch}/{cfg.epochs} ({epoch * cfg.steps_per_epoch:,} steps) "
-        f"action error {record['action_error']:.4f}, {record['train_time_s']:.0f} s"
+        f"action error {record['action_error']:.4f}"
     )
+    if "heldout_action_error" in record:
+        line += f" (held-out {record['heldout_action_error']:.4f})"
+    line += f", {record['train_time_s']:.0f} s"
     return line + (f", return {record['return_mean']:.0f}" if "return_mean" in record else "")
 
 

@@ -24,10 +24,10 @@ def laptop_budget_cmd(
         None, "--run-dir", help="The budget run's folder (default $DTLENS_CACHE/laptop-budget/)."
     ),
     metric: str = typer.Option(
-        "heldout_action_error",
+        "action_error",
         "--metric",
-        help="The per-epoch error the rule reads: heldout_action_error (the PLAN, amended) or "
-        "action_error (the training windows', as first written).",
+        help="The per-epoch error the rule reads: action_error (the training batches', the "
+        "PLAN's) or heldout_action_error (the held-out windows' the run also logs).",
     ),
     candidates: str = typer.Option(None, hidden=True, help="Testing: candidate steps."),
     epoch_steps: int = typer.Option(None, hidden=True, help="Testing: steps per epoch."),
@@ -36,8 +36,8 @@ def laptop_budget_cmd(
 ) -> None:
     """Train the K=20 random-init run of seed 666 to 4 x B, candidate by candidate (2,500, 5,000,
     10,000, 20,000 steps; resumable: a rerun continues), and write the smallest B whose final
-    held-out action error is within 5% of the one at 4 x B to OUT, which `reproduce --preset
-    laptop` reads."""
+    action error is within 5% of the one at 4 x B to OUT, which `reproduce --preset laptop`
+    reads."""
     import dataclasses
 
     from dtlens.experiments.laptop_budget import BudgetRule, find_budget

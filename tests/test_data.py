@@ -268,7 +268,7 @@ D4RL_LEVEL = {"medium": 30, "expert": 80}
 
 
 @pytest.mark.parametrize("quality", sorted(D4RL_LEVEL))
-@pytest.mark.parametrize("task", ["hopper", "halfcheetah"])
+@pytest.mark.parametrize("task", ["hopper", "halfcheetah", "walker2d"])
 def test_the_shipped_behaviour_data_sit_at_d4rl_levels(task, quality):
     ds = load_dataset(f"mini/{task}-{quality}")
     score = normalized_score(ds.env_id, ds.stats()["return_mean"])

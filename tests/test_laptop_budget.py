@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -97,18 +99,22 @@ def test_budget_run_end_to_end_and_resumes(tmp_path):
     assert saved["chosen"] == 1 and saved["run"] == str(run)
     assert "--epochs 4 --steps 1" in saved["command"] and "--lr 0.0001" in saved["command"]
     assert "--heldout mini/hopper-medium-heldout" in saved["command"]
-    # the rule reads the held-out windows' error (epoch 1 ends at B = 1, epoch 4 at 4 x B)
-    assert saved["rule"]["metric"] == "heldout_action_error"
+    # the rule reads the training error (epoch 1 ends at B = 1, epoch 4 at 4 x B); the run also
+    # logs the held-out windows' error, which --metric applies the rule to instead
     with open_netcdf(run / "metrics.nc") as ds:
         heldout, training = ds.heldout_action_error.values, ds.action_error.values
-    assert saved["candidates"]["1"]["error"] == pytest.approx(heldout[0])
-    assert saved["candidates"]["1"]["error_long"] == pytest.approx(heldout[3])
-    assert saved["candidates"]["1"]["error"] != pytest.approx(training[0])
+    for metric, errors in (("action_error", training), ("heldout_action_error", heldout)):
+        rule = dataclasses.replace(always, metric=metric)
+        entry = find_budget("hopper", out, run, rule, log=lines.append, batch_size=4)
+        assert entry["rule"]["metric"] == metric
+        assert entry["candidates"]["1"]["error"] == pytest.approx(errors[0])
+        assert entry["candidates"]["1"]["error_long"] == pytest.approx(errors[3])
+    assert not np.allclose(heldout, training)
 
 
 def test_rule_reads_a_known_metric():
-    assert BudgetRule(metric="action_error").metric == "action_error"  # as first written
-    with pytest.raises(DtlensError, match="--metric loss: expected one of heldout_action_error"):
+    assert BudgetRule().metric == "action_error"  # the PLAN's
+    with pytest.raises(DtlensError, match="--metric loss: expected one of action_error"):
         BudgetRule(metric="loss")
 
 

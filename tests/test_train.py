@@ -94,10 +94,15 @@ def count_backbone_builds(monkeypatch) -> list[int]:
 
 def test_progress_off_a_terminal_is_a_line_per_epoch(hopper_file, tmp_path, capsys):
     cfg = tiny_train_config(hopper_file, epochs=2, eval_episodes=1, eval_every=2)
-    train(cfg, tmp_path / "run", progress=True)  # pytest's captured output is not a terminal
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run: ")]
+    cfg = cfg.replace(heldout="mini/hopper-medium-heldout")
+    name = "a-run-whose-line-is-longer-than-eighty-columns"  # one line still: no wrapping
+    train(cfg, tmp_path / name, progress=True)  # pytest's captured output is not a terminal
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.startswith(f"{name}: ")]
     steps = cfg.steps_per_epoch
-    assert len(lines) == 2 and lines[0].startswith(f"run: epoch 1/2 ({steps:,} steps) action error")
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{name}: epoch 1/2 ({steps:,} steps) action error")
+    assert "(held-out 0." in lines[0] and len(lines[0]) > 80
     assert "return" not in lines[0] and "return" in lines[1]
 
 

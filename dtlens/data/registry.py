@@ -145,8 +145,6 @@ EMBEDDED: dict[str, EmbeddedSpec | ReplaySpec] = {
     "mini/hopper-expert": EmbeddedSpec("Hopper-v5", "expert"),
     "mini/halfcheetah-medium": EmbeddedSpec("HalfCheetah-v5", "medium"),
     "mini/halfcheetah-expert": EmbeddedSpec("HalfCheetah-v5", "expert"),
-    # The committed Walker2d policies are weak (returns ~305 and ~929, D4RL normalized ~7 and
-    # ~20, far below D4RL's walker2d medium): short episodes that end in a fall. See their JSON.
     "mini/walker2d-medium": EmbeddedSpec("Walker2d-v5", "medium"),
     "mini/walker2d-expert": EmbeddedSpec("Walker2d-v5", "expert"),
     "mini/hopper-medium-replay": ReplaySpec("Hopper-v5"),
@@ -156,6 +154,7 @@ EMBEDDED: dict[str, EmbeddedSpec | ReplaySpec] = {
     "mini/halfcheetah-medium-heldout": EmbeddedSpec(
         "HalfCheetah-v5", "medium", 20_000, HELDOUT_SEED
     ),
+    "mini/walker2d-medium-heldout": EmbeddedSpec("Walker2d-v5", "medium", 20_000, HELDOUT_SEED),
 }
 DERIVED: dict[str, ConcatSpec] = {
     "mini/hopper-medium-expert": ConcatSpec(("mini/hopper-medium", "mini/hopper-expert")),

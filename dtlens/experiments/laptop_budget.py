@@ -3,14 +3,14 @@
 
 The K=20 random-init run of seed 666 is trained candidate by candidate to 4 x B (`train`
 with resume: a rerun continues, a kill loses at most one epoch). B is the smallest candidate
-whose final action error, averaged over the `window` steps that end at B, is within `tolerance`
-of the same average over the steps that end at 4 x B. The error is the action MSE on the fixed
-held-out windows of `mini/TASK-medium-heldout` (the PLAN as amended: the training windows'
-error, as first written, keeps falling as the model fits its 100k transitions; `metric`
-chooses). Epochs are `epoch_steps` long: epochs of 500 steps make every candidate (2,500
-included) and its 4 x B end on an epoch, and the 1,000-step window is then the mean of the last
-two epochs' per-epoch error. The choice is written to `budget.json`, one entry per task, which
-the `laptop` preset reads.
+whose final action error, the training action MSE averaged over the `window` steps that end at
+B, is within `tolerance` of the same average over the steps that end at 4 x B. The run also
+logs the action error on the fixed held-out windows of `mini/TASK-medium-heldout` after every
+epoch, which tells a model still learning the behaviour policy from one fitting its own
+windows (`metric` applies the rule to it instead). Epochs are `epoch_steps` long: epochs of
+500 steps make every candidate (2,500 included) and its 4 x B end on an epoch, and the
+1,000-step window is then the mean of the last two epochs' per-epoch error. The choice is
+written to `budget.json`, one entry per task, which the `laptop` preset reads.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dtlens.train.loop import train
 COMMAND = "dtlens laptop-budget"
 LAPTOP_TASKS = ("hopper", "halfcheetah", "walker2d")
 BUDGET_FILE = Path("results/laptop/budget.json")
-METRICS = ("heldout_action_error", "action_error")
+METRICS = ("action_error", "heldout_action_error")
 
 Log = Callable[[str], None]
 
@@ -42,15 +42,15 @@ Log = Callable[[str], None]
 class BudgetRule:
     """The PLAN's rule: candidates (steps), the factor of the long run, the tolerance, the steps
     averaged at each end, the epoch length of the budget run, and the per-epoch error it reads
-    (`heldout_action_error`, the PLAN's as amended; `action_error`, the training windows', as
-    first written)."""
+    (`action_error`, the training batches', the PLAN's; `heldout_action_error`, the held-out
+    windows')."""
 
     candidates: tuple[int, ...] = (2500, 5000, 10000, 20000)
     factor: int = 4
     tolerance: float = 0.05
     window: int = 1000
     epoch_steps: int = 500
-    metric: str = "heldout_action_error"
+    metric: str = "action_error"
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -97,12 +97,12 @@ def choose(action_error: Sequence[float], rule: BudgetRule) -> tuple[int | None,
 
 def budget_config(task: str, rule: BudgetRule, **changes) -> TrainConfig:
     """The PLAN's budget run of `task`: K=20, random init, seed 666, the paper's optimiser, a
-    1,000-step warm-up, no evaluation, only epoch 0 kept besides the latest; the held-out
-    windows of `mini/{task}-medium-heldout` when the rule reads them."""
+    1,000-step warm-up, no evaluation, only epoch 0 kept besides the latest, the held-out
+    windows of `mini/{task}-medium-heldout` logged."""
     return TrainConfig(
         init="random",
         dataset=f"mini/{task}-medium",
-        heldout=f"mini/{task}-medium-heldout" if rule.metric == "heldout_action_error" else None,
+        heldout=f"mini/{task}-medium-heldout",
         size=MINI,
         context_len=20,
         batch_size=64,
@@ -134,10 +134,10 @@ def train_command(cfg: TrainConfig, out: Path) -> str:
     return f"dtlens train --out {portable_path(out)} {shlex.join(args)}"
 
 
-def budget_run_dir(task: str, rule: BudgetRule) -> Path:
-    """The budget run's folder: one per task and metric (the held-out run logs its windows)."""
-    suffix = "-heldout" if rule.metric == "heldout_action_error" else ""
-    return cache_root() / "laptop-budget" / f"{task}-random-s666{suffix}"
+def budget_run_dir(task: str) -> Path:
+    """The budget run's folder (named for the held-out windows it logs: runs of the PLAN's first
+    version, in `{task}-random-s666`, did not)."""
+    return cache_root() / "laptop-budget" / f"{task}-random-s666-heldout"
 
 
 def find_budget(
@@ -153,7 +153,7 @@ def find_budget(
     the run's config (tests: tiny batches)."""
     if task not in LAPTOP_TASKS:
         raise DtlensError(f"--task {task}: expected one of {', '.join(LAPTOP_TASKS)}")
-    out, path = Path(out), Path(run_dir or budget_run_dir(task, rule))
+    out, path = Path(out), Path(run_dir or budget_run_dir(task))
     path.parent.mkdir(parents=True, exist_ok=True)
     entry: dict = {}
     for b in rule.candidates:

@@ -94,8 +94,8 @@ def laptop_train_config(epochs: int) -> TrainConfig:
 def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = None) -> Preset:
     """results/laptop/PLAN.md: `mini`'s backbones and model size on the three tasks' shipped
     medium datasets, `laptop_train_config`, each task's budget B from `dtlens laptop-budget`
-    (`budget_file`), every run's held-out action error on `mini/<task>-medium-heldout` (the
-    budget rule's), the controls synthetic, shuffled:text and matched:text as K=20 roles, seeds
+    (`budget_file`), every run's held-out action error on `mini/<task>-medium-heldout` logged,
+    the controls synthetic, shuffled:text and matched:text as K=20 roles, seeds
     666, 42, 7, block replacement on every block, and language vs random with `--dt-init gpt2`
     on Hopper. When `tasks` include HalfCheetah or Walker2d, the PLAN's rule cuts conditions
     there (`dtlens.experiments.laptop_cuts.choose_cuts`, decided on the whole study: it needs

@@ -267,7 +267,9 @@ def _train(
             epochs.append(record)
             _save_epoch(work, model, optimizer, rng, epoch, steps, epochs, cfg, name=out.name)
             if progress and not bar.console.is_terminal:  # no bar in a log: a line per epoch
-                bar.console.print(_epoch_line(out.name, epoch, cfg, record), highlight=False)
+                bar.console.print(
+                    _epoch_line(out.name, epoch, cfg, record), highlight=False, soft_wrap=True
+                )
             if work != out:
                 os.rename(work, out)  # the run appears whole, with epochs 0 and 1
                 work = out

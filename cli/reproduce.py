@@ -93,8 +93,10 @@ def reproduce_cmd(
 
     reproduce(chosen, out, workers, scheduler, log=console.print)
     command = "dtlens " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("dtlens") else None
-    if command:  # the report's first lines name it
-        save_json(load_json(out / "reproduce.json") | {"command": command}, out / "reproduce.json")
+    if command:  # the report's first lines name every invocation's
+        meta = load_json(out / "reproduce.json")
+        commands = [c for c in meta.get("commands", []) if c != command] + [command]
+        save_json(meta | {"commands": commands}, out / "reproduce.json")
     report = write_report(out)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dtlens.diagnostics.contract import RunKey
-from dtlens.experiments.presets import Preset
+from dtlens.experiments.presets import Preset, narrow
 from dtlens.experiments.reproduce import plan, reproduce
 from dtlens.interp.registry import INTERP
+from dtlens.io import load_json
 from dtlens.model.backbones import random_backbone, save_backbone
 from dtlens.report.report import write_report
 from tests.conftest import TINY, tiny_train_config
@@ -196,3 +198,23 @@ def test_paper_preset_names_the_missing_d4rl_file(tmp_path):
 def test_report_cli_on_a_folder_that_is_not_a_reproduction(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 1 and "not a reproduction folder" in res.output
+
+
+@pytest.mark.slow
+def test_invocations_narrowed_to_tasks_add_up_in_one_folder(hopper_file, tmp_path):
+    both = dataclasses.replace(
+        tiny_preset(hopper_file, tmp_path),
+        datasets={"a": str(hopper_file), "b": str(hopper_file)},
+        env_ids={"a": None, "b": None},
+        seeds=(666,),
+    )
+    out, quiet = tmp_path / "repro", lambda m: None
+    reproduce(narrow(both, ["a"]), out, workers=1, log=quiet)
+    first = load_json(out / "reproduce.json")
+    reproduce(narrow(both, ["b"]), out, workers=1, log=quiet)
+    meta = load_json(out / "reproduce.json")
+    assert list(meta["datasets"]) == ["a", "b"] and list(meta["roles"]) == ["a", "b"]
+    assert meta["roles"]["a"] == first["roles"]["a"]
+    assert meta["wall_time_s"] > first["wall_time_s"]  # the sum over both invocations
+    text = write_report(out).read_text()
+    assert "\n## a\n" in text and "\n## b\n" in text

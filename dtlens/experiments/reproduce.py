@@ -7,6 +7,8 @@ DIR/<env>/diagnostics/  figures/    studies across runs: no context, block swap
 DIR/report.md  report.html  figures/
 ```
 Finished runs are skipped and interrupted ones resumed, so a rerun continues where it stopped.
+Invocations narrowed to some tasks or seeds add up in one folder: reproduce.json keeps every
+task's dataset and roles, and its wall time is the sum over the invocations.
 """
 
 from __future__ import annotations
@@ -144,19 +146,28 @@ def _keeping_epochs(preset: Preset, p: Plan) -> Plan:
 
 
 def claim_folder(out: Path, preset: Preset) -> None:
-    """A folder holds one preset's results: refuse another preset's folder, delete nothing."""
+    """A folder holds one preset's results: refuse another preset's folder, delete nothing. The
+    tasks and seeds of `preset` join those of earlier invocations."""
     marker = out / "reproduce.json"
+    found: dict = {}
     if marker.is_file():
-        found = load_json(marker).get("preset")
-        if found != preset.name:
+        found = load_json(marker)
+        if found.get("preset") != preset.name:
             raise DtlensError(
-                f"{out} holds results of the {found!r} preset; "
+                f"{out} holds results of the {found.get('preset')!r} preset; "
                 f"use another --out for {preset.name!r}"
             )
     elif out.exists() and any(out.iterdir()):
         raise DtlensError(f"{out} is not empty and holds no reproduction; use another --out")
+    seeds = [*found.get("seeds", []), *(s for s in preset.seeds if s not in found.get("seeds", []))]
     save_json(
-        {"preset": preset.name, "datasets": preset.datasets, "seeds": list(preset.seeds)}, marker
+        found
+        | {
+            "preset": preset.name,
+            "datasets": found.get("datasets", {}) | preset.datasets,
+            "seeds": seeds,
+        },
+        marker,
     )
 
 
@@ -201,12 +212,15 @@ def _reproduce(
     t0 = time.perf_counter()
     prepare(preset, log)
     plans = plan(preset)
+    meta = load_json(out / "reproduce.json")
+    cuts = {p.label: list(preset.cuts[p.label]) for p in plans if p.label in preset.cuts}
     save_json(
-        load_json(out / "reproduce.json")
+        meta
         | {
             "inits": preset.roles,
-            "roles": {p.label: p.roles() for p in plans},
-            "cuts": {p.label: list(preset.cuts[p.label]) for p in plans if p.label in preset.cuts},
+            "roles": meta.get("roles", {}) | {p.label: p.roles() for p in plans},
+            "cuts": {k: v for k, v in meta.get("cuts", {}).items() if k not in preset.datasets}
+            | cuts,
             "cut_note": preset.cut_note,
         },
         out / "reproduce.json",
@@ -219,10 +233,9 @@ def _reproduce(
         for o in failed:
             log(f"run {o.name} failed: {o.error.strip().splitlines()[-1] if o.error else '?'}")
         analyse(preset, p, out / p.label, {o.name for o in outcomes if o.status != "failed"}, log)
-    save_json(
-        load_json(out / "reproduce.json") | {"wall_time_s": time.perf_counter() - t0},
-        out / "reproduce.json",
-    )
+    meta = load_json(out / "reproduce.json")
+    spent = meta.get("wall_time_s", 0.0) + time.perf_counter() - t0  # over every invocation
+    save_json(meta | {"wall_time_s": spent}, out / "reproduce.json")
     return out
 
 

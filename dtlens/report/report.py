@@ -155,10 +155,14 @@ def write_report(root: str | Path) -> Path:
         f"Modality on Offline RL*, reproduced with dtlens. Preset **{meta['preset']}**, datasets "
         f"{', '.join(meta['datasets'].values())}, seeds {meta['seeds']}, inits: random = "
         f"`{meta['inits']['random']}`, language = `{meta['inits']['language']}`, image = "
-        f"`{meta['inits']['image']}`. Wall time {minutes:.1f} min."
+        f"`{meta['inits']['image']}`. Wall time {minutes:.1f} min (all invocations)."
     )
-    if "command" in meta:
-        doc.p(f"Command: `{meta['command']}`")
+    commands = meta.get("commands") or ([meta["command"]] if "command" in meta else [])
+    if commands:  # "command": a folder written before invocations added up
+        doc.p(
+            ("Command: " if len(commands) == 1 else "Commands: ")
+            + "; ".join(f"`{c}`" for c in commands)
+        )
     if meta.get("cut_note"):
         doc.p(f"Conditions: {meta['cut_note']}.")
     doc.p(

@@ -95,7 +95,9 @@ def reproduce_cmd(
     command = "dtlens " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("dtlens") else None
     if command:  # the report's first lines name every invocation's
         meta = load_json(out / "reproduce.json")
-        commands = [c for c in meta.get("commands", []) if c != command] + [command]
+        before = meta.pop("command", None)  # a folder written before invocations added up
+        earlier = meta.get("commands") or ([before] if before else [])
+        commands = [c for c in earlier if c != command] + [command]
         save_json(meta | {"commands": commands}, out / "reproduce.json")
     report = write_report(out)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")

@@ -32,7 +32,8 @@ def test_every_embedded_id_is_shipped_with_its_spec():
         assert "file" not in MANIFEST[dataset_id]  # built on load
         assert MANIFEST[dataset_id]["spec"] == derived.record()  # the parts' current hashes
     sizes = [(DATASET_ASSETS / e["file"]).stat().st_size for e in MANIFEST.values() if "file" in e]
-    assert sum(sizes) < 90_000_000
+    # eight collections of 100k transitions (gzip) and three held-out sets of 20k: 94.6 MB
+    assert sum(sizes) < 100_000_000
 
 
 @pytest.mark.parametrize("dataset_id", sorted(EMBEDDED))

@@ -87,18 +87,13 @@ def reproduce_cmd(
         return
     if out is None:
         raise DtlensError("--out is required (or --dry-run to see the plan)")
-    from dtlens.experiments.reproduce import reproduce
-    from dtlens.io import load_json, save_json
+    from dtlens.experiments.reproduce import record_command, reproduce
     from dtlens.report.report import write_report
 
     reproduce(chosen, out, workers, scheduler, log=console.print)
     command = "dtlens " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("dtlens") else None
     if command:  # the report's first lines name every invocation's
-        meta = load_json(out / "reproduce.json")
-        before = meta.pop("command", None)  # a folder written before invocations added up
-        earlier = meta.get("commands") or ([before] if before else [])
-        commands = [c for c in earlier if c != command] + [command]
-        save_json(meta | {"commands": commands}, out / "reproduce.json")
+        record_command(out, command)
     report = write_report(out)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}")
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from dtlens.diagnostics.contract import RunKey
 from dtlens.experiments.presets import Preset, narrow
-from dtlens.experiments.reproduce import plan, reproduce
+from dtlens.experiments.reproduce import plan, record_command, recorded_commands, reproduce
 from dtlens.interp.registry import INTERP
 from dtlens.io import load_json
 from dtlens.model.backbones import random_backbone, save_backbone
@@ -218,3 +218,11 @@ def test_invocations_narrowed_to_tasks_add_up_in_one_folder(hopper_file, tmp_pat
     assert meta["wall_time_s"] > first["wall_time_s"]  # the sum over both invocations
     text = write_report(out).read_text()
     assert "\n## a\n" in text and "\n## b\n" in text
+
+
+def test_every_invocation_command_is_recorded_once(tmp_path):
+    (tmp_path / "reproduce.json").write_text('{"preset": "mini", "command": "dtlens a"}')
+    record_command(tmp_path, "dtlens b")
+    record_command(tmp_path, "dtlens a")  # run again: it moves last, once
+    meta = load_json(tmp_path / "reproduce.json")
+    assert "command" not in meta and recorded_commands(meta) == ["dtlens b", "dtlens a"]

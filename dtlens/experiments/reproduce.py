@@ -159,7 +159,7 @@ def claim_folder(out: Path, preset: Preset) -> None:
             )
     elif out.exists() and any(out.iterdir()):
         raise DtlensError(f"{out} is not empty and holds no reproduction; use another --out")
-    seeds = [*found.get("seeds", []), *(s for s in preset.seeds if s not in found.get("seeds", []))]
+    seeds = list(dict.fromkeys([*found.get("seeds", []), *preset.seeds]))
     save_json(
         found
         | {
@@ -169,6 +169,20 @@ def claim_folder(out: Path, preset: Preset) -> None:
         },
         marker,
     )
+
+
+def recorded_commands(meta: dict) -> list[str]:
+    """The commands that wrote a reproduction folder, from its reproduce.json `meta` (a folder
+    written before invocations added up records one `command`)."""
+    return meta.get("commands") or ([meta["command"]] if "command" in meta else [])
+
+
+def record_command(out: Path, command: str) -> None:
+    """Add `command` to `out`/reproduce.json's commands: last, and once."""
+    meta = load_json(out / "reproduce.json")
+    earlier = [c for c in recorded_commands(meta) if c != command]
+    meta.pop("command", None)
+    save_json(meta | {"commands": [*earlier, command]}, out / "reproduce.json")
 
 
 def prepare(preset: Preset, log: Log) -> None:

@@ -48,7 +48,7 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
         rows,
     )  # fmt: skip
     rule = next(iter(budgets.values()))["rule"]
-    metric = rule.get("metric", "action_error")  # budget.json written before the amendment
+    metric = rule.get("metric", "action_error")  # budget.json written before rules named it
     measured = WHERE[metric]
     doc.p(
         f"The K=20 random-init run of seed 666, trained candidate by candidate to 4 x B (epochs "

@@ -20,6 +20,7 @@ import xarray as xr
 from dtlens.diagnostics.claims import TABLE1, TABLE1_K1
 from dtlens.diagnostics.contract import GROUP_CONTEXT, Diagnostic, Finding, RunGroup, RunKey, Table
 from dtlens.diagnostics.registry import DIAGNOSTICS
+from dtlens.experiments.reproduce import recorded_commands
 from dtlens.interp.registry import ANALYSES
 from dtlens.io import load_json, open_netcdf, write_atomic
 from dtlens.report.components import components_section, direction
@@ -157,8 +158,7 @@ def write_report(root: str | Path) -> Path:
         f"`{meta['inits']['random']}`, language = `{meta['inits']['language']}`, image = "
         f"`{meta['inits']['image']}`. Wall time {minutes:.1f} min (all invocations)."
     )
-    commands = meta.get("commands") or ([meta["command"]] if "command" in meta else [])
-    if commands:  # "command": a folder written before invocations added up
+    if commands := recorded_commands(meta):
         doc.p(
             ("Command: " if len(commands) == 1 else "Commands: ")
             + "; ".join(f"`{c}`" for c in commands)

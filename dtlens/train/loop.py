@@ -107,7 +107,9 @@ def heldout_windows(cfg: TrainConfig, dataset: OfflineDataset) -> Batch | None:
 def heldout_error(
     model: DecisionTransformer, windows: Batch, device: str, chunk: int = 256
 ) -> float:
-    """The action MSE over the real steps of `windows`, in evaluation mode (no dropout)."""
+    """The action MSE over the real steps of `windows`, in evaluation mode (no dropout); the
+    model is left in the mode it came in."""
+    training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -116,7 +118,7 @@ def heldout_error(
             steps = int(batch.attention_mask.sum())
             total += action_loss(model, batch).item() * steps
             count += steps
-    model.train()
+    model.train(training)
     return total / count
 
 

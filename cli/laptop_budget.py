@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cli.common import console, parse_int_list, user_errors
+from dtlens.train.config import TrainConfig
 
 app = typer.Typer()
 
@@ -29,15 +30,23 @@ def laptop_budget_cmd(
         help="The per-epoch error the rule reads: action_error (the training batches', the "
         "PLAN's) or heldout_action_error (the held-out windows' the run also logs).",
     ),
-    candidates: str = typer.Option(None, hidden=True, help="Testing: candidate steps."),
+    lr: float = typer.Option(
+        TrainConfig.lr,
+        "--lr",
+        help="Learning rate of the budget run (the paper's 1e-4; PLAN.md says when another is "
+        "tried). Each rate has its own run folder and entry in OUT.",
+    ),
+    candidates: str = typer.Option(
+        None, help="Candidate budgets B in steps, comma-separated (default 2500,5000,10000,20000)."
+    ),
     epoch_steps: int = typer.Option(None, hidden=True, help="Testing: steps per epoch."),
     window: int = typer.Option(None, hidden=True, help="Testing: steps averaged."),
     batch_size: int = typer.Option(None, hidden=True, help="Testing: windows per step."),
 ) -> None:
     """Train the K=20 random-init run of seed 666 to 4 x B, candidate by candidate (2,500, 5,000,
     10,000, 20,000 steps; resumable: a rerun continues), and write the smallest B whose final
-    action error is within 5% of the one at 4 x B to OUT, which `reproduce --preset laptop`
-    reads."""
+    action error is within 5% of the one at 4 x B to OUT, per learning rate. `reproduce --preset
+    laptop` reads OUT: the study's rate is the smallest at which every task converged."""
     import dataclasses
 
     from dtlens.experiments.laptop_budget import BudgetRule, find_budget
@@ -51,5 +60,5 @@ def laptop_budget_cmd(
     changes = {"batch_size": batch_size} if batch_size else {}
     for name in task:
         path = run_dir / name if run_dir and len(task) > 1 else run_dir
-        entry = find_budget(name, out, path, rule, log=console.print, **changes)
-        console.print(f"[bold]{name}[/]: B = {entry['chosen']} ({out})")
+        entry = find_budget(name, out, path, rule, log=console.print, lr=lr, **changes)
+        console.print(f"[bold]{name}[/]: B = {entry['chosen']} at lr {lr:g} ({out})")

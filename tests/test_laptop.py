@@ -36,13 +36,16 @@ def budget_file(tmp_path):
         "epoch_steps": 500,
         "metric": "heldout_action_error",
     }
-    hopper = {
-        "chosen": 2500,
-        "rule": rule,
-        "candidates": {"2500": {"error": 0.0104, "error_long": 0.01, "converged": True}},
-    }
+
+    def entry(chosen, error=0.0104):
+        row = {"2500": {"error": error, "error_long": 0.01, "converged": chosen == 2500}}
+        return {"chosen": chosen, "rule": rule, "candidates": row}
+
+    # the paper's rate has no B on hopper; every task converged at 3e-4 and 1e-3
+    hopper = {"0.0001": entry(None, 0.02), "0.0003": entry(2500), "0.001": entry(2500)}
     others = {
-        t: {"chosen": b, "rule": rule} for t, b in (("halfcheetah", 2500), ("walker2d", 5000))
+        t: {"0.0003": entry(b), "0.001": entry(2500)}
+        for t, b in (("halfcheetah", 2500), ("walker2d", 5000))
     }
     save_json({"hopper": hopper, **others}, path)
     return path
@@ -53,8 +56,9 @@ def test_laptop_preset_follows_the_plan(budget_file):
         "laptop", device="cpu", tasks=["hopper", "walker2d"], budget_file=budget_file
     )
     t = preset.train
+    # the smallest learning rate at which every task's budget run converged
     assert (t.lr, t.weight_decay, t.grad_clip, t.batch_size, t.warmup_steps) == (
-        1e-4, 1e-4, 0.25, 64, 1000
+        3e-4, 1e-4, 0.25, 64, 1000
     )  # fmt: skip
     assert t.size.n_layers == 3 and t.size.d_model == 128 and t.dt.dt_init == "released"
     assert preset.seeds == (666, 42, 7) and preset.block_swap_blocks is None
@@ -180,7 +184,10 @@ def test_laptop_end_to_end_report_export_and_rebuild(budget_file, hopper_file, t
     result = runner.invoke(app, ["report", str(out), "--export", str(results)])
     assert result.exit_code == 0, result.output
     exported = (results / "report.md").read_bytes()
-    assert b"| hopper | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% | **B** |" in exported
+    assert b"| hopper | 0.0001 | 2500 | 0.02000 | 10000 | 0.01000 | +100.0% |  |" in exported
+    assert b"| hopper | 0.0003 | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% | **B** |" in exported
+    assert b"| hopper | 0.001 | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% |  |" in exported
+    assert b"The study's learning rate is 0.0003" in exported
     # every run logs the held-out windows' error, which the per-seed table of the rule shows
     seeds = exported.split(b"Final action MSE on the fixed held-out windows")[0].split(b"| task |")
     (metrics,) = out.glob("hopper/runs/random-K20-*-s666/metrics.nc")

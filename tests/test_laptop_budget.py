@@ -13,11 +13,13 @@ from cli.main import app
 from dtlens.errors import DtlensError
 from dtlens.experiments.laptop_budget import (
     BudgetRule,
+    budget_run_dir,
     choose,
     converged,
     error_at,
     find_budget,
     read_budgets,
+    study_lr,
 )
 from dtlens.io import load_json, open_netcdf, save_json
 
@@ -75,11 +77,33 @@ def test_rule_steps_must_be_whole_epochs():
 def test_missing_budget_names_the_command(tmp_path):
     path = tmp_path / "budget.json"
     with pytest.raises(DtlensError, match="hopper has no budget; run `dtlens laptop-budget --task"):
-        read_budgets(["hopper"], path)
-    save_json({"hopper": {"chosen": 5000}, "walker2d": {"chosen": None}}, path)
-    assert read_budgets(["hopper"], path) == {"hopper": 5000}
-    with pytest.raises(DtlensError, match="walker2d has no converged budget"):
-        read_budgets(["hopper", "walker2d"], path)
+        read_budgets(path)
+    budgets = {t: {"0.0001": {"chosen": None}} for t in ("hopper", "halfcheetah", "walker2d")}
+    save_json(budgets, path)
+    with pytest.raises(DtlensError, match=r"no learning rate .* \(hopper: lr 0.0001 none; "):
+        read_budgets(path)
+
+
+def test_study_rate_is_the_smallest_at_which_every_task_converged(tmp_path):
+    path = tmp_path / "budget.json"
+    budgets = {
+        "hopper": {"0.0001": {"chosen": None}, "0.001": {"chosen": 2500}},
+        "halfcheetah": {"0.0003": {"chosen": 2500}, "0.001": {"chosen": 2500}},
+        "walker2d": {"0.0003": {"chosen": 5000}, "0.001": {"chosen": 2500}},
+    }
+    assert study_lr(budgets) == "0.001"  # 3e-4 has no hopper run
+    budgets["hopper"]["0.0003"] = {"chosen": 2500}
+    assert study_lr(budgets) == "0.0003"
+    budgets["hopper"]["0.00003"] = {"chosen": 2500}  # converged on one task only
+    save_json(budgets, path)
+    assert read_budgets(path) == (3e-4, {"hopper": 2500, "halfcheetah": 2500, "walker2d": 5000})
+    budgets["walker2d"]["0.0003"] = {"chosen": None}
+    assert study_lr(budgets) == "0.001"
+    budgets["walker2d"]["0.001"] = {"chosen": None}
+    assert study_lr(budgets) is None
+    # each rate trains in its own folder; the paper rate's keeps the PLAN's first name
+    assert budget_run_dir("hopper").name == "hopper-random-s666-heldout"
+    assert budget_run_dir("hopper", 3e-4).name == "hopper-random-s666-heldout-lr0.0003"
 
 
 @pytest.mark.slow
@@ -95,7 +119,7 @@ def test_budget_run_end_to_end_and_resumes(tmp_path):
     always = BudgetRule(candidates=(1, 2), epoch_steps=1, window=1, tolerance=10.0)
     entry = find_budget("hopper", out, run, always, log=lines.append, batch_size=4)
     assert entry["chosen"] == 1 and not any("training" in line for line in lines)
-    saved = load_json(out)["hopper"]
+    saved = load_json(out)["hopper"]["0.0001"]  # the paper's learning rate
     assert saved["chosen"] == 1 and saved["run"] == str(run)
     assert "--epochs 4 --steps 1" in saved["command"] and "--lr 0.0001" in saved["command"]
     assert "--heldout mini/hopper-medium-heldout" in saved["command"]
@@ -110,6 +134,12 @@ def test_budget_run_end_to_end_and_resumes(tmp_path):
         assert entry["candidates"]["1"]["error"] == pytest.approx(errors[0])
         assert entry["candidates"]["1"]["error_long"] == pytest.approx(errors[3])
     assert not np.allclose(heldout, training)
+    # another learning rate: its own run folder and entry, beside the paper rate's
+    other = tmp_path / "run-lr"
+    entry = find_budget("hopper", out, other, always, log=lines.append, lr=1e-3, batch_size=4)
+    assert "--lr 0.001" in entry["command"] and other.is_dir()
+    assert list(load_json(out)["hopper"]) == ["0.0001", "0.001"]
+    assert load_json(other / "config.json")["train"]["lr"] == 1e-3
 
 
 def test_rule_reads_a_known_metric():
@@ -130,9 +160,11 @@ def test_budget_cli_tiny(tmp_path):
         str(tmp_path / "r"),
     ]
     tiny = ["--candidates", "1", "--epoch-steps", "1", "--window", "1", "--batch-size", "4"]
+    tiny += ["--lr", "3e-4"]
     result = runner.invoke(app, [*args, *tiny])
     assert result.exit_code == 0, result.output
-    entry = load_json(out)["halfcheetah"]
+    entry = load_json(out)["halfcheetah"]["0.0003"]
     assert entry["rule"]["candidates"] == [1] and "halfcheetah: B =" in result.output
+    assert "--lr 0.0003" in entry["command"] and "at lr 0.0003" in result.output
     bad = runner.invoke(app, [*args[:2], "ant", *args[3:], *tiny])
     assert bad.exit_code == 1 and "--task ant" in bad.output

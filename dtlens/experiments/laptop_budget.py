@@ -7,10 +7,12 @@ whose final action error, the training action MSE averaged over the `window` ste
 B, is within `tolerance` of the same average over the steps that end at 4 x B. The run also
 logs the action error on the fixed held-out windows of `mini/TASK-medium-heldout` after every
 epoch, which tells a model still learning the behaviour policy from one fitting its own
-windows (`metric` applies the rule to it instead). Epochs are `epoch_steps` long: epochs of
+windows (`metric` applies the rule to it instead). Budget runs are made per learning rate
+(PLAN.md, "the learning rate": the paper's 1e-4 has no B at laptop scale), and the study's rate
+is the smallest at which every task's run converged. Epochs are `epoch_steps` long: epochs of
 500 steps make every candidate (2,500 included) and its 4 x B end on an epoch, and the
 1,000-step window is then the mean of the last two epochs' per-epoch error. The choice is
-written to `budget.json`, one entry per task, which the `laptop` preset reads.
+written to `budget.json`, one entry per task and learning rate, which the `laptop` preset reads.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ COMMAND = "dtlens laptop-budget"
 LAPTOP_TASKS = ("hopper", "halfcheetah", "walker2d")
 BUDGET_FILE = Path("results/laptop/budget.json")
 METRICS = ("action_error", "heldout_action_error")
+#: The paper's learning rate (`TrainConfig`'s default), the budget runs' default.
+PAPER_LR: float = TrainConfig.lr
 
 Log = Callable[[str], None]
 
@@ -96,9 +100,9 @@ def choose(action_error: Sequence[float], rule: BudgetRule) -> tuple[int | None,
 
 
 def budget_config(task: str, rule: BudgetRule, **changes) -> TrainConfig:
-    """The PLAN's budget run of `task`: K=20, random init, seed 666, the paper's optimiser, a
-    1,000-step warm-up, no evaluation, only epoch 0 kept besides the latest, the held-out
-    windows of `mini/{task}-medium-heldout` logged."""
+    """The PLAN's budget run of `task`: K=20, random init, seed 666, the paper's optimiser (its
+    learning rate unless `changes` set `lr`), a 1,000-step warm-up, no evaluation, only epoch 0
+    kept besides the latest, the held-out windows of `mini/{task}-medium-heldout` logged."""
     return TrainConfig(
         init="random",
         dataset=f"mini/{task}-medium",
@@ -106,7 +110,7 @@ def budget_config(task: str, rule: BudgetRule, **changes) -> TrainConfig:
         size=MINI,
         context_len=20,
         batch_size=64,
-        lr=1e-4,
+        lr=PAPER_LR,
         weight_decay=1e-4,
         warmup_steps=1000,
         steps_per_epoch=rule.epoch_steps,
@@ -134,10 +138,16 @@ def train_command(cfg: TrainConfig, out: Path) -> str:
     return f"dtlens train --out {portable_path(out)} {shlex.join(args)}"
 
 
-def budget_run_dir(task: str) -> Path:
+def lr_key(lr: float) -> str:
+    """A learning rate as budget.json and the run folders name it (1e-4 -> "0.0001")."""
+    return f"{lr:g}"
+
+
+def budget_run_dir(task: str, lr: float = PAPER_LR) -> Path:
     """The budget run's folder (named for the held-out windows it logs: runs of the PLAN's first
-    version, in `{task}-random-s666`, did not)."""
-    return cache_root() / "laptop-budget" / f"{task}-random-s666-heldout"
+    version, in `{task}-random-s666`, did not; and for its learning rate, unless the paper's)."""
+    suffix = "" if lr == PAPER_LR else f"-lr{lr_key(lr)}"
+    return cache_root() / "laptop-budget" / f"{task}-random-s666-heldout{suffix}"
 
 
 def find_budget(
@@ -146,18 +156,21 @@ def find_budget(
     run_dir: str | Path | None = None,
     rule: BudgetRule = BudgetRule(),
     log: Log = print,
+    lr: float = PAPER_LR,
     **changes,
 ) -> dict:
-    """Train `task`'s budget run candidate by candidate until one converges (or the candidates
-    run out), writing `out`'s entry for `task` after each; returns that entry. `changes` adjust
-    the run's config (tests: tiny batches)."""
+    """Train `task`'s budget run at learning rate `lr` candidate by candidate until one converges
+    (or the candidates run out), writing `out`'s entry for `task` and `lr` after each; returns
+    that entry. `changes` adjust the run's config (tests: tiny batches)."""
     if task not in LAPTOP_TASKS:
         raise DtlensError(f"--task {task}: expected one of {', '.join(LAPTOP_TASKS)}")
-    out, path = Path(out), Path(run_dir or budget_run_dir(task))
+    if not lr > 0:
+        raise DtlensError(f"--lr {lr}: expected a positive learning rate")
+    out, path = Path(out), Path(run_dir or budget_run_dir(task, lr))
     path.parent.mkdir(parents=True, exist_ok=True)
     entry: dict = {}
     for b in rule.candidates:
-        cfg = budget_config(task, rule, **changes)
+        cfg = budget_config(task, rule, lr=lr, **changes)
         cfg = cfg.replace(epochs=b * rule.factor // rule.epoch_steps)
         done = _epochs_done(path)
         if done < cfg.epochs:  # train's bar shows the steps; each epoch is checkpointed
@@ -186,11 +199,11 @@ def find_budget(
             f"{task}: error at {b} = {row['error']:.5f}, at {b * rule.factor} = "
             f"{row['error_long']:.5f}: {'converged' if row['converged'] else 'not converged'}"
         )
-        _save_entry(out, task, entry)
+        _save_entry(out, task, lr, entry)
         if chosen is not None:
-            log(f"{task}: B = {chosen} steps -> {out}")
+            log(f"{task}: B = {chosen} steps at lr {lr_key(lr)} -> {out}")
             return entry
-    log(f"{task}: no candidate converged; the laptop preset refuses this task ({out})")
+    log(f"{task}: no candidate converged at lr {lr_key(lr)} ({out})")
     return entry
 
 
@@ -203,24 +216,41 @@ def _errors(path: Path, metric: str) -> np.ndarray:
         return ds[metric].values.astype(float)
 
 
-def _save_entry(out: Path, task: str, entry: dict) -> None:
+def _save_entry(out: Path, task: str, lr: float, entry: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    found = load_json(out) if out.is_file() else {}  # tasks run one at a time or apart
-    save_json(found | {task: entry}, out)
+    found = load_json(out) if out.is_file() else {}  # tasks and rates run one at a time or apart
+    found[task] = found.get(task, {}) | {lr_key(lr): entry}
+    save_json(found, out)
 
 
-def read_budgets(tasks: Sequence[str], path: str | Path = BUDGET_FILE) -> dict[str, int]:
-    """The chosen B (steps) of each of `tasks` in `path`; one clear error naming the command
-    that makes a missing or unconverged task's entry."""
+def study_lr(budgets: dict) -> str | None:
+    """The study's learning rate (its `lr_key`) in a loaded budget.json: the smallest at which
+    every laptop task's budget run converged (PLAN.md); None if there is none yet."""
+    rates = sorted({lr for entries in budgets.values() for lr in entries}, key=float)
+    for lr in rates:
+        if all(budgets.get(t, {}).get(lr, {}).get("chosen") for t in LAPTOP_TASKS):
+            return lr
+    return None
+
+
+def read_budgets(path: str | Path = BUDGET_FILE) -> tuple[float, dict[str, int]]:
+    """(the study's learning rate, the chosen B in steps of every laptop task) from `path`; one
+    clear error naming the command that makes what is missing."""
     path = Path(path)
     found = load_json(path) if path.is_file() else {}
-    budgets = {}
-    for task in tasks:
-        chosen = found.get(task, {}).get("chosen")
-        if chosen is None:
-            why = "has no converged budget" if task in found else "has no budget"
+    for task in LAPTOP_TASKS:
+        if not found.get(task):
             raise DtlensError(
-                f"{path}: {task} {why}; run `{COMMAND} --task {task} --out {path}` first"
+                f"{path}: {task} has no budget; run `{COMMAND} --task {task} --out {path}` first"
             )
-        budgets[task] = int(chosen)
-    return budgets
+    lr = study_lr(found)
+    if lr is None:
+        tried = "; ".join(
+            f"{t}: " + ", ".join(f"lr {k} {e['chosen'] or 'none'}" for k, e in found[t].items())
+            for t in LAPTOP_TASKS
+        )
+        raise DtlensError(
+            f"{path}: no learning rate has a converged budget on every task ({tried}); "
+            f"run `{COMMAND} --task TASK --lr LR --out {path}` (results/laptop/PLAN.md)"
+        )
+    return float(lr), {t: int(found[t][lr]["chosen"]) for t in LAPTOP_TASKS}

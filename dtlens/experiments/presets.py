@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dtlens.errors import DtlensError
-from dtlens.experiments.laptop_budget import BUDGET_FILE, LAPTOP_TASKS, BudgetRule, read_budgets
+from dtlens.experiments.laptop_budget import (
+    BUDGET_FILE,
+    LAPTOP_TASKS,
+    PAPER_LR,
+    BudgetRule,
+    read_budgets,
+)
 from dtlens.experiments.laptop_cuts import CUT_TASKS, choose_cuts
 from dtlens.experiments.preset import CONTROLS, Preset
 from dtlens.model.config import MINI, BackboneConfig
@@ -71,15 +77,16 @@ def mini_tasks() -> Preset:
     )
 
 
-def laptop_train_config(epochs: int) -> TrainConfig:
-    """The laptop study's fine-tuning (results/laptop/PLAN.md): the paper's optimiser (lr 1e-4,
-    weight decay 1e-4, clip 0.25, batch 64, a 1,000-step warm-up then constant), mini's model
-    size, `epochs` epochs of 500 steps, 10 evaluation episodes after the last epoch only."""
+def laptop_train_config(epochs: int, lr: float = PAPER_LR) -> TrainConfig:
+    """The laptop study's fine-tuning (results/laptop/PLAN.md): the paper's optimiser (AdamW,
+    weight decay 1e-4, clip 0.25, batch 64, a 1,000-step warm-up then constant) at learning rate
+    `lr` (the paper's 1e-4 unless the budget rule chose another), mini's model size, `epochs`
+    epochs of 500 steps, 10 evaluation episodes after the last epoch only."""
     return TrainConfig(
         epochs=epochs,
         steps_per_epoch=BudgetRule().epoch_steps,
         warmup_steps=1000,
-        lr=1e-4,
+        lr=lr,
         weight_decay=1e-4,
         grad_clip=0.25,
         batch_size=64,
@@ -93,27 +100,25 @@ def laptop_train_config(epochs: int) -> TrainConfig:
 
 def laptop(budget_file: str | Path = BUDGET_FILE, tasks: Sequence[str] | None = None) -> Preset:
     """results/laptop/PLAN.md: `mini`'s backbones and model size on the three tasks' shipped
-    medium datasets, `laptop_train_config`, each task's budget B from `dtlens laptop-budget`
-    (`budget_file`), every run's held-out action error on `mini/<task>-medium-heldout` logged,
+    medium datasets, `laptop_train_config` at the study's learning rate, each task's budget B
+    from `dtlens laptop-budget` (`budget_file`, which needs every task's budget to fix the
+    learning rate), every run's held-out action error on `mini/<task>-medium-heldout` logged,
     the controls synthetic, shuffled:text and matched:text as K=20 roles, seeds
     666, 42, 7, block replacement on every block, and language vs random with `--dt-init gpt2`
     on Hopper. When `tasks` include HalfCheetah or Walker2d, the PLAN's rule cuts conditions
-    there (`dtlens.experiments.laptop_cuts.choose_cuts`, decided on the whole study: it needs
-    every task's budget)."""
+    there (`dtlens.experiments.laptop_cuts.choose_cuts`, decided on the whole study)."""
     chosen = [t for t in tasks or LAPTOP_TASKS if t in LAPTOP_TASKS]  # narrow() names others
-    preset = _laptop(read_budgets(chosen, budget_file))
+    lr, budgets = read_budgets(budget_file)
+    preset = _laptop({t: budgets[t] for t in chosen}, lr)
     if not set(chosen) & set(CUT_TASKS):
         return preset  # Hopper keeps every condition
-    try:
-        whole = _laptop(read_budgets(LAPTOP_TASKS, budget_file))
-    except DtlensError as e:
-        raise DtlensError(f"{e} (the PLAN's cut rule projects the whole study)") from None
-    cuts, note = choose_cuts(whole)
+    cuts, note = choose_cuts(_laptop(budgets, lr))
     return dataclasses.replace(preset, cuts=cuts, cut_note=note)
 
 
-def _laptop(budgets: dict[str, int]) -> Preset:
-    """The laptop preset, uncut, with the budget B (steps) of each task in `budgets`."""
+def _laptop(budgets: dict[str, int], lr: float) -> Preset:
+    """The laptop preset, uncut, with the budget B (steps) of each task in `budgets`, at
+    learning rate `lr`."""
     steps = BudgetRule().epoch_steps
     epochs = {t: b // steps for t, b in budgets.items()}
     return Preset(
@@ -125,7 +130,7 @@ def _laptop(budgets: dict[str, int]) -> Preset:
         language="text",
         image="image",
         extra={c: c for c in CONTROLS},
-        train=laptop_train_config(max(epochs.values(), default=1)),
+        train=laptop_train_config(max(epochs.values(), default=1), lr),
         seeds=(666, 42, 7),
         task_epochs=epochs,
         block_swap_epochs=epochs,

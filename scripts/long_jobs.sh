@@ -6,7 +6,9 @@
 #   halfcheetah walker2d   behaviour policies (SAC, issue 27) until their target score
 #   text image             embedded backbones until the held-out loss plateaus (issue 26; done)
 #   synthetic              the synthetic control on a token budget (SYNTHETIC_TOKENS, issue 26)
-#   budget-TASK            the laptop study's budget rule on TASK (issue 28)
+#   budget-TASK            the laptop study's budget rule on TASK at the paper's lr (issue 28)
+#   budget-TASK@LR         the same at learning rate LR, candidate 2,500 only (PLAN.md, "the
+#                          learning rate": the only budget the 8 hours hold)
 # Linux puts each session in its own scheduling group (autogroup), where `nice` only ranks a job
 # against its own group: turn autogroup off (root) so that nice ranks these below everything else.
 set -e
@@ -40,6 +42,10 @@ start)
         synthetic)
             start 15 synthetic .venv/bin/dtlens pretrain synthetic \
                 --tokens "${SYNTHETIC_TOKENS:-42598400}" --threads 1 ;;  # the text run's tokens_seen
+        budget-*@*)
+            task=${job#budget-}
+            start 17 "$job" .venv/bin/dtlens laptop-budget --task "${task%@*}" \
+                --lr "${job#*@}" --candidates 2500 ;;
         budget-*) start 17 "$job" .venv/bin/dtlens laptop-budget --task "${job#budget-}" ;;
         *) echo "unknown job $job" >&2; exit 2 ;;
         esac

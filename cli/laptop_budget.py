@@ -45,11 +45,14 @@ def laptop_budget_cmd(
 ) -> None:
     """Train the K=20 random-init run of seed 666 to 4 x B, candidate by candidate (2,500, 5,000,
     10,000, 20,000 steps; resumable: a rerun continues), and write the smallest B whose final
-    action error is within 5% of the one at 4 x B to OUT, per learning rate. `reproduce --preset
-    laptop` reads OUT: the study's rate is the smallest at which every task converged."""
+    action error is within 5% of the one at 4 x B to OUT, per learning rate, and every budget
+    run's curves beside it (OUT with .png). `reproduce --preset laptop` reads OUT: the study's
+    rate is the smallest at which every task converged."""
     import dataclasses
 
     from dtlens.experiments.laptop_budget import BudgetRule, find_budget
+    from dtlens.io import load_json
+    from dtlens.report.convergence import plot_budgets
 
     tiny = {
         "candidates": candidates and tuple(parse_int_list(candidates)),
@@ -62,3 +65,4 @@ def laptop_budget_cmd(
         path = run_dir / name if run_dir and len(task) > 1 else run_dir
         entry = find_budget(name, out, path, rule, log=console.print, lr=lr, **changes)
         console.print(f"[bold]{name}[/]: B = {entry['chosen']} at lr {lr:g} ({out})")
+    console.print(f"curves: {plot_budgets(load_json(out), out.with_suffix('.png'))}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -39,7 +40,9 @@ def budget_file(tmp_path):
 
     def entry(chosen, error=0.0104):
         row = {"2500": {"error": error, "error_long": 0.01, "converged": chosen == 2500}}
-        return {"chosen": chosen, "rule": rule, "candidates": row}
+        curve = list(error * (1 + 1 / np.arange(1.0, 21.0)))  # 20 epochs of 500 steps
+        curves = {"action_error": curve, "heldout_action_error": curve[::-1]}
+        return {"chosen": chosen, "rule": rule, "candidates": row, "curves": curves}
 
     # the paper's rate has no B on hopper; every task converged at 3e-4 and 1e-3
     hopper = {"0.0001": entry(None, 0.02), "0.0003": entry(2500), "0.001": entry(2500)}
@@ -188,6 +191,8 @@ def test_laptop_end_to_end_report_export_and_rebuild(budget_file, hopper_file, t
     assert b"| hopper | 0.0003 | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% | **B** |" in exported
     assert b"| hopper | 0.001 | 2500 | 0.01040 | 10000 | 0.01000 | +4.0% |  |" in exported
     assert b"The study's learning rate is 0.0003" in exported
+    assert b"![Budget runs: action error per epoch" in exported
+    assert (results / "budget.png").is_file()
     # every run logs the held-out windows' error, which the per-seed table of the rule shows
     seeds = exported.split(b"Final action MSE on the fixed held-out windows")[0].split(b"| task |")
     (metrics,) = out.glob("hopper/runs/random-K20-*-s666/metrics.nc")

@@ -166,5 +166,7 @@ def test_budget_cli_tiny(tmp_path):
     entry = load_json(out)["halfcheetah"]["0.0003"]
     assert entry["rule"]["candidates"] == [1] and "halfcheetah: B =" in result.output
     assert "--lr 0.0003" in entry["command"] and "at lr 0.0003" in result.output
+    assert len(entry["curves"]["heldout_action_error"]) == 4  # epochs to 4 x B, to plot
+    assert out.with_suffix(".png").is_file()
     bad = runner.invoke(app, [*args[:2], "ant", *args[3:], *tiny])
     assert bad.exit_code == 1 and "--task ant" in bad.output

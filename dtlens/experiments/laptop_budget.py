@@ -193,6 +193,7 @@ def find_budget(
             },
             "run": portable_path(path),
             "command": train_command(cfg, path),
+            "curves": {m: _errors(path, m).tolist() for m in METRICS},  # per epoch, to plot
         }
         row = rows[str(b)]
         log(

@@ -1,14 +1,16 @@
-"""The report's evidence for a preset's fine-tuning budget (`dtlens laptop-budget`): per task the
-chosen B, the budget run's action errors at each candidate and at 4 x B, and the final action
-error of every seed's random-init K=20 run at B."""
+"""The report's evidence for a preset's fine-tuning budget (`dtlens laptop-budget`): per task and
+learning rate the chosen B, the budget run's action errors at each candidate and at 4 x B and
+its curves (`plot_budgets`), and the final action error of every seed's random-init K=20 run
+at B."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from dtlens.experiments.laptop_budget import study_lr
+from dtlens.experiments.laptop_budget import METRICS, study_lr
 from dtlens.io import load_json
+from dtlens.plotting import panels, save_figure
 from dtlens.report.document import Doc
 
 #: Where the budget rule's per-epoch error is measured, by its metrics.nc name.
@@ -44,6 +46,8 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
                         "**B**" if rate == lr and entry["chosen"] == int(b) else "",
                     ]
                 )
+    figure = plot_budgets(budgets, root / "budget.png")
+    doc.figure(figure, "Budget runs: action error per epoch at each learning rate", root)
     doc.table(
         ["task", "learning rate", "candidate B", "action error at B", "4 x B",
          "action error at 4 x B", "relative gap", "chosen"],
@@ -75,3 +79,28 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
         )
     doc.table(["task", *(f"seed {i + 1}" for i in range(max(len(s.seeds) for s in studies)))], rows)
     doc.p(f"Final action MSE {measured} (last epoch) of each seed's random-init K=20 run at B.")
+
+
+def plot_budgets(budgets: dict, path: Path) -> Path:
+    """The budget runs' per-epoch action errors (training batches solid, held-out windows dashed),
+    one panel per task and one colour per learning rate, log scale, with each candidate's error
+    at B and at 4 x B marked; written to `path` (png)."""
+    fig, axes = panels(1, len(budgets), size=(4.2, 3.2))
+    for ax, (task, entries) in zip(axes[0], budgets.items(), strict=True):
+        for i, (rate, entry) in enumerate(sorted(entries.items(), key=lambda e: float(e[0]))):
+            step = entry["rule"]["epoch_steps"]
+            colour = f"C{i}"
+            for metric, style in zip(METRICS, ("-", "--"), strict=True):
+                curve = entry["curves"][metric]
+                steps = [(j + 1) * step for j in range(len(curve))]
+                ax.plot(steps, curve, style, color=colour, lw=1.2,
+                        label=f"lr {rate}" if metric == METRICS[0] else None)  # fmt: skip
+            for b, row in entry["candidates"].items():
+                ends = [int(b), int(b) * entry["rule"]["factor"]]
+                ax.plot(ends, [row["error"], row["error_long"]], "o", color=colour, ms=4)
+        ax.set_yscale("log")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("training steps", fontsize=8)
+        ax.set_ylabel("action MSE (solid: training, dashed: held-out)", fontsize=7)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)

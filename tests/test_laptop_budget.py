@@ -170,3 +170,18 @@ def test_budget_cli_tiny(tmp_path):
     assert out.with_suffix(".png").is_file()
     bad = runner.invoke(app, [*args[:2], "ant", *args[3:], *tiny])
     assert bad.exit_code == 1 and "--task ant" in bad.output
+
+
+def test_projection_finds_where_a_power_law_meets_the_rule():
+    from scripts import budget_projection as bp
+
+    rule = {"epoch_steps": 500, "window": 1000, "factor": 4, "tolerance": 0.05}
+    law = (0.01, 2.0, 0.5)
+    middles = (np.arange(40) + 0.5) * 500
+    params = bp.fit(list(bp.power_law(middles, *law)), 500)
+    assert params == pytest.approx(law, rel=1e-3)
+    b = bp.projected_budget(params, rule)
+    # the rule's gap at the projected B is within 5%, an epoch earlier it is not
+    assert abs(bp.projected_gap(params, b, rule)) <= 0.05 < bp.projected_gap(params, b - 500, rule)
+    assert 3.5e6 < b < 3.7e6  # b t^-c (1 - 4^-c) = 5% of a + b (4t)^-c: t^-0.5 = 0.0005/0.95
+    assert bp.projected_budget((0.0, 2.0, 0.5), rule) is None  # no floor: the gap stays 4^c - 1

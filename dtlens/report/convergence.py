@@ -99,7 +99,7 @@ def plot_budgets(budgets: dict, path: Path) -> Path:
                 ends = [int(b), int(b) * entry["rule"]["factor"]]
                 ax.plot(ends, [row["error"], row["error_long"]], "o", color=colour, ms=4)
         ax.set_yscale("log")
-        ax.set_title(task, fontsize=9)
+        ax.set_title(f"{task} (dots: the rule's error at B and 4 x B)", fontsize=9)
         ax.set_xlabel("training steps", fontsize=8)
         ax.set_ylabel("action MSE (solid: training, dashed: held-out)", fontsize=7)
         ax.legend(fontsize=7)

@@ -24,7 +24,7 @@ CONTROLS = ("shuffled:text", "matched:text")
 def budgets(tmp_path, hopper: int, halfcheetah: int, walker2d: int):
     path = tmp_path / f"budget-{hopper}-{halfcheetah}-{walker2d}.json"
     steps = {"hopper": hopper, "halfcheetah": halfcheetah, "walker2d": walker2d}
-    save_json({task: {"chosen": b} for task, b in steps.items()}, path)
+    save_json({task: {"0.0001": {"chosen": b or None}} for task, b in steps.items()}, path)
     return path
 
 
@@ -65,9 +65,11 @@ def test_the_rule_never_cuts_hopper_and_says_when_it_cannot_fit(tmp_path):
     assert "every item cut, the study still exceeds 8 h: " in preset.cut_note
     hopper = plan(preset)[0]
     assert {k.role for k in hopper.main} >= {"synthetic", *CONTROLS}
-    # Hopper alone: no cut to decide, the other budgets are not needed
-    alone = presets.laptop(budgets(tmp_path, 2500, 0, 0), ["hopper"])
+    # Hopper alone: no cut to decide, but the learning rate needs every task's budget
+    alone = presets.laptop(budgets(tmp_path, 2500, 2500, 2500), ["hopper"])
     assert alone.cuts == {} and alone.cut_note == ""
+    with pytest.raises(DtlensError, match="no learning rate has a converged budget on every task"):
+        presets.laptop(budgets(tmp_path, 2500, 0, 0), ["hopper"])
 
 
 def test_block_replacement_keeps_the_first_middle_and_last_block(tmp_path):

@@ -164,14 +164,12 @@ def find_budget(
     that entry. `changes` adjust the run's config (tests: tiny batches)."""
     if task not in LAPTOP_TASKS:
         raise DtlensError(f"--task {task}: expected one of {', '.join(LAPTOP_TASKS)}")
-    if not lr > 0:
-        raise DtlensError(f"--lr {lr}: expected a positive learning rate")
+    base = budget_config(task, rule, lr=lr, **changes)  # validated before anything is written
     out, path = Path(out), Path(run_dir or budget_run_dir(task, lr))
     path.parent.mkdir(parents=True, exist_ok=True)
     entry: dict = {}
     for b in rule.candidates:
-        cfg = budget_config(task, rule, lr=lr, **changes)
-        cfg = cfg.replace(epochs=b * rule.factor // rule.epoch_steps)
+        cfg = base.replace(epochs=b * rule.factor // rule.epoch_steps)
         done = _epochs_done(path)
         if done < cfg.epochs:  # train's bar shows the steps; each epoch is checkpointed
             log(
@@ -179,7 +177,8 @@ def find_budget(
                 f"{done * rule.epoch_steps}..{b * rule.factor}"
             )
             train(cfg, path, resume=done > 0, progress=True)
-        chosen, rows = choose(_errors(path, rule.metric), rule)
+        curves = {m: _errors(path, m) for m in METRICS}
+        chosen, rows = choose(curves[rule.metric], rule)
         entry = {
             "chosen": chosen,
             "candidates": rows,
@@ -193,7 +192,7 @@ def find_budget(
             },
             "run": portable_path(path),
             "command": train_command(cfg, path),
-            "curves": {m: _errors(path, m).tolist() for m in METRICS},  # per epoch, to plot
+            "curves": {m: c.tolist() for m, c in curves.items()},  # per epoch, to plot
         }
         row = rows[str(b)]
         log(

@@ -53,10 +53,10 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
          "action error at 4 x B", "relative gap", "chosen"],
         rows,
     )  # fmt: skip
-    rule = next(iter(next(iter(budgets.values())).values()))["rule"]
+    rule = next(e for entries in budgets.values() for e in entries.values())["rule"]
     metric = rule["metric"]
     measured = WHERE[metric]
-    chosen = (
+    rate_note = (
         f"The study's learning rate is {lr}, the smallest at which every task's run converged."
         if lr
         else "No learning rate has a converged run on every task yet."
@@ -66,7 +66,7 @@ def convergence_section(doc: Doc, root: Path, studies: list[Any]) -> None:
         f"candidate to 4 x B (epochs of {rule['epoch_steps']} steps): the action MSE {measured} "
         f"averaged over the {rule['window']} steps that end at B and at 4 x B; B is the smallest "
         f"candidate within {rule['tolerance']:.0%} (`dtlens laptop-budget`; its command per task "
-        f"and rate in budget.json). {chosen}"
+        f"and rate in budget.json). {rate_note}"
     )
     rows = []
     for s in studies:
